@@ -1,0 +1,294 @@
+"""Build a dsbprep dataset: discover cases, process them in parallel, append them to one file.
+
+``python -m dsbprep.build`` (or ``make dataset``). One process - this one - is
+the only writer; per-case work runs in worker processes (joblib/loky by
+default, or a dask.distributed cluster) and finished cases stream back to it.
+A case that fails is recorded with its reason and the build goes on. Re-running
+on the same output resumes: cases already stored (same id, same input
+fingerprint) are skipped; ``--rebuild`` processes them again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import Config, load_config
+from .errors import DsbprepError
+from .sources import Task, get_source
+from .store import CaseData, DatasetWriter
+
+__all__ = ["BuildReport", "run_build", "main"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class BuildReport:
+    """What a build did: ``built``, ``skipped`` (already stored) and ``failed`` (id -> reason)."""
+
+    built: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"built": self.built, "skipped": self.skipped, "failed": self.failed,
+                "seconds": round(self.seconds, 3)}
+
+    def summary(self) -> str:
+        return (f"built {len(self.built)}, skipped {len(self.skipped)} (already stored), "
+                f"failed {len(self.failed)} in {self.seconds:.1f} s")
+
+
+def _run_task(source: Any, task: Task) -> tuple[Task, CaseData | None, str]:
+    """Worker entry point: never raises for a bad case, returns (task, case, error)."""
+    try:
+        case = source.process(task)
+        return task, case, ""
+    except DsbprepError as err:
+        return task, None, str(err)
+    except MemoryError:
+        return task, None, f"{task.case_id}: out of memory while processing"
+    except Exception as err:  # a bug or an unforeseen input must not stop the whole build
+        logger.debug("case %s failed:\n%s", task.case_id, traceback.format_exc())
+        return task, None, f"{task.case_id}: unexpected {type(err).__name__}: {err}"
+
+
+def _results_inline(source: Any, tasks: list[Task]) -> Iterator[tuple[Task, CaseData | None, str]]:
+    for task in tasks:
+        yield _run_task(source, task)
+
+
+def _results_loky(source: Any, tasks: list[Task], workers: int,
+                  max_pending: int) -> Iterator[tuple[Task, CaseData | None, str]]:
+    from joblib import Parallel, delayed
+
+    parallel = Parallel(n_jobs=workers, backend="loky", return_as="generator_unordered",
+                        pre_dispatch=str(max(workers, max_pending)))
+    yield from parallel(delayed(_run_task)(source, t) for t in tasks)
+
+
+def _results_dask(source: Any, tasks: list[Task], scheduler: str,
+                  max_pending: int) -> Iterator[tuple[Task, CaseData | None, str]]:
+    try:
+        from dask.distributed import Client, as_completed
+    except ImportError as err:
+        raise ImportError("the dask backend needs the 'dask' extra: pip install 'dsbprep[dask]'") from err
+    with Client(scheduler) as client:
+        pending = iter(tasks)
+        futures = as_completed()
+        for task in [t for _, t in zip(range(max_pending), pending, strict=False)]:
+            futures.add(client.submit(_run_task, source, task, pure=False))
+        for future in futures:
+            result = future.result()
+            future.release()
+            nxt = next(pending, None)
+            if nxt is not None:
+                futures.add(client.submit(_run_task, source, nxt, pure=False))
+            yield result
+
+
+def run_build(
+    config: Config,
+    *,
+    data_directory: str | os.PathLike | None = None,
+    output_filename: str | os.PathLike | None = None,
+    workers: int | None = None,
+    backend: str | None = None,
+    scheduler: str | None = None,
+    rebuild: bool = False,
+    progress: bool = True,
+    source: str | None = None,
+) -> BuildReport:
+    """Build (or resume) a dataset file.
+
+    Parameters
+    ----------
+    config : Config
+        Parsed configuration; the arguments below override its ``[paths]``/``[build]`` values.
+    data_directory, output_filename : path, optional
+        Input folder and HDF5 file.
+    workers : int, optional
+        Worker processes (1 runs in this process).
+    backend : {"loky", "dask"}, optional
+    scheduler : str, optional
+        dask.distributed scheduler address for ``backend="dask"``.
+    rebuild : bool
+        Process cases again even when already stored (the new row supersedes the old).
+    progress : bool
+        Show a tqdm progress bar on stderr.
+    source : str, optional
+        Source name (default ``[build] source``).
+
+    Returns
+    -------
+    BuildReport
+    """
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    build = config.params("build")
+    paths = config.params("paths")
+    data_directory = Path(data_directory or paths["data_directory"])
+    output_filename = Path(output_filename or paths["output_filename"])
+    workers = int(workers or build["workers"])
+    backend = backend or build["backend"]
+    scheduler = scheduler or build["scheduler"]
+    src = get_source(source or build["source"], config)
+
+    if src.name == "lung" and _is_empty(data_directory):
+        from .sample import write_sample_cohort
+
+        logger.warning("%s is empty or absent: writing the embedded default cohort of %d "
+                       "SYNTHETIC chest CT scans there", data_directory, build["sample_patients"])
+        write_sample_cohort(data_directory, n_patients=int(build["sample_patients"]),
+                            seed=int(build["sample_seed"]))
+    tasks = src.discover(data_directory)
+    output_filename.parent.mkdir(parents=True, exist_ok=True)
+    report = BuildReport()
+    writer = DatasetWriter(
+        output_filename,
+        image_dtype=src.image_dtype,
+        chunks=src.chunks,
+        compression=build["compression"],
+        kind=src.kind,
+        pad_value=src.pad_value,
+        attrs={"config": config.text(), "source": src.name},
+    )
+    with writer:
+        done = writer.done()
+        todo = []
+        for task in tasks:
+            if not rebuild and done.get(task.case_id) == task.fingerprint:
+                report.skipped.append(task.case_id)
+            else:
+                todo.append(task)
+        logger.info("%d cases found, %d already stored, %d to build", len(tasks), len(report.skipped), len(todo))
+        if backend == "dask":
+            if not scheduler:
+                raise ValueError("--backend dask needs --scheduler ADDRESS (e.g. tcp://host:8786)")
+            results: Iterable = _results_dask(src, todo, scheduler, int(build["max_pending"]))
+        elif workers <= 1 or len(todo) <= 1:
+            results = _results_inline(src, todo)
+        elif backend == "loky":
+            results = _results_loky(src, todo, workers, int(build["max_pending"]))
+        else:
+            raise ValueError(f"unknown backend {backend!r}; expected 'loky' or 'dask'")
+        with tqdm(total=len(todo), unit="case", disable=not progress, file=sys.stderr,
+                  desc=f"building {output_filename.name}") as bar:
+            for task, case, error in results:
+                if case is not None:
+                    try:
+                        writer.append(case)
+                    except (ValueError, DsbprepError) as err:
+                        case, error = None, f"{task.case_id}: cannot store: {err}"
+                if case is not None:
+                    report.built.append(task.case_id)
+                else:
+                    logger.error("case %s failed: %s", task.case_id, error)
+                    report.failed[task.case_id] = error
+                    writer.append_failure(task.case_id, error, source_hash=task.fingerprint,
+                                          meta={"inputs": task.inputs})
+                bar.update(1)
+                bar.set_postfix(failed=len(report.failed), refresh=False)
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _is_empty(folder: Path) -> bool:
+    return not folder.exists() or not any(folder.iterdir())
+
+
+def print_random_case(path: str | os.PathLike, figure: str | os.PathLike, seed: int | None = None) -> str:
+    """Print a random stored case's id, shape and spacing; save a PNG of it (returns its path)."""
+    from .store import open_dataset
+    from .viz import save_case_figure
+
+    rng = np.random.default_rng(seed)
+    with open_dataset(path) as ds:
+        if len(ds) == 0:
+            raise DsbprepError(f"{path}: holds no cases to show")
+        case = ds[int(rng.integers(len(ds)))]
+        print(f"case {case.case_id}: shape {case.shape} (z, y, x), spacing "
+              f"{tuple(round(s, 4) for s in case.spacing)} mm, {len(case.boxes)} boxes")
+        out = save_case_figure(case, figure)
+    print(f"figure saved to {out}")
+    return str(out)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m dsbprep.build",
+        description="Process the DICOM files and masks into one dsbprep HDF5 dataset "
+                    "(resumable: cases already stored are skipped).",
+    )
+    p.add_argument("--config", default=None, help="ini file (default: ./config.ini if present)")
+    p.add_argument("--data_directory", default=None, help="base directory for data [paths] data_directory")
+    p.add_argument("--output_filename", default=None, help="name of the HDF5 file to create or extend")
+    p.add_argument("--source", default=None, choices=None, help="mask source: lung (default from config)")
+    p.add_argument("--workers", type=int, default=None, help="worker processes (default from config)")
+    p.add_argument("--backend", choices=("loky", "dask"), default=None, help="parallel backend")
+    p.add_argument("--scheduler", default=None, help="dask.distributed scheduler address (backend dask)")
+    p.add_argument("--rebuild", action="store_true", help="process cases again even if already stored")
+    p.add_argument("--report", default=None, help="write the build report as JSON to this file")
+    p.add_argument("--print_random_image", action="store_true",
+                   help="unit test: print a random stored case and save a PNG of it with its mask")
+    p.add_argument("--figure", default=None, help="PNG path for --print_random_image")
+    p.add_argument("--seed", type=int, default=None, help="seed for --print_random_image")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status (0 when the build ran)."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_config(args.config)
+        report = run_build(
+            config,
+            data_directory=args.data_directory,
+            output_filename=args.output_filename,
+            workers=args.workers,
+            backend=args.backend,
+            scheduler=args.scheduler,
+            rebuild=args.rebuild,
+            progress=not args.no_progress,
+            source=args.source,
+        )
+    except (DsbprepError, FileNotFoundError, ValueError, ImportError) as err:
+        print(f"dsbprep.build: error: {err}", file=sys.stderr)
+        return 2
+    output = args.output_filename or config.get("paths", "output_filename")
+    report_path = args.report or config.get("paths", "report")
+    if report_path:
+        Path(report_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(report_path).write_text(json.dumps(report.to_json(), indent=2))
+    print(f"{output}: {report.summary()}" + (f"; report {report_path}" if report_path else ""))
+    for case_id, reason in report.failed.items():
+        print(f"  FAILED {case_id}: {reason}")
+    if args.print_random_image:
+        try:
+            print_random_case(output, args.figure or config.get("paths", "figure"), args.seed)
+        except DsbprepError as err:
+            print(f"dsbprep.build: error: {err}", file=sys.stderr)
+            return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,160 @@
+"""Reading ``config.ini``: every path and parameter of the pipeline.
+
+The defaults live here, in code, section by section; ``config.ini`` at the
+repository root repeats them with comments and is what users edit. A test
+checks that the two agree key for key, so neither drifts. Unknown sections or
+keys in a user's file are an error (a typo must not be silently ignored).
+
+Values are parsed by :meth:`Config.params` into Python values: numbers,
+booleans (true/false), comma-separated tuples, or strings.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DEFAULTS", "Config", "load_config", "parse_value"]
+
+#: Section -> key -> default (as written in config.ini). Keep in step with config.ini.
+DEFAULTS: dict[str, dict[str, str]] = {
+    "paths": {
+        "data_directory": "data/input",
+        "output_filename": "data/dsbprep.h5",
+        "report": "data/build_report.json",
+        "figure": "data/random_case.png",
+    },
+    "build": {
+        "source": "lung",
+        "workers": "2",
+        "backend": "loky",
+        "scheduler": "",
+        "max_pending": "4",
+        "seed": "0",
+        "compression": "lzf",
+        "chunks": "64, 64, 64",
+        "sample_patients": "3",
+        "sample_seed": "0",
+    },
+    "dicom": {
+        "pad_hu": "-1024",
+        "allowed_modalities": "CT",
+    },
+}
+
+
+def parse_value(text: str) -> Any:
+    """Parse one ini value: bool, int, float, comma-separated tuple or string.
+
+    Examples
+    --------
+    >>> parse_value("2"), parse_value("-1.5"), parse_value("true"), parse_value("1, 2.5")
+    (2, -1.5, True, (1, 2.5))
+    >>> parse_value("data/in"), parse_value("")
+    ('data/in', '')
+    """
+    text = text.strip()
+    low = text.lower()
+    if low in ("true", "yes", "on"):
+        return True
+    if low in ("false", "no", "off"):
+        return False
+    if "," in text:
+        return tuple(parse_value(part) for part in text.split(",") if part.strip())
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+class Config:
+    """Parsed configuration: ``cfg.params("segmentation")`` -> dict of keyword arguments.
+
+    Parameters
+    ----------
+    parser : configparser.ConfigParser
+        Holds the defaults overlaid with the user's file.
+    path : Path or None
+        The file read, if any (relative paths in ``[paths]`` are relative to the
+        current directory, as the CLI is run from the project folder).
+    """
+
+    def __init__(self, parser: configparser.ConfigParser, path: Path | None) -> None:
+        self.parser = parser
+        self.path = path
+
+    def params(self, section: str) -> dict[str, Any]:
+        """All keys of ``section`` as parsed Python values."""
+        if not self.parser.has_section(section):
+            raise KeyError(f"config has no section [{section}]")
+        return {k: parse_value(v) for k, v in self.parser.items(section)}
+
+    def get(self, section: str, key: str) -> Any:
+        """One parsed value."""
+        return parse_value(self.parser.get(section, key))
+
+    def text(self) -> str:
+        """The effective configuration as ini text (stored in each dataset file)."""
+        lines = []
+        for section in self.parser.sections():
+            lines.append(f"[{section}]")
+            lines += [f"{k} = {v}" for k, v in self.parser.items(section)]
+            lines.append("")
+        return "\n".join(lines)
+
+
+def load_config(path: str | os.PathLike | None = None,
+                overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Config:
+    """Read ``path`` (default: ``./config.ini`` if present) over the built-in defaults.
+
+    Parameters
+    ----------
+    path : str or Path, optional
+        An ini file. ``None`` uses ``config.ini`` in the current directory when it
+        exists, else the defaults alone.
+    overrides : mapping, optional
+        ``{section: {key: value}}`` applied last (command-line flags).
+
+    Returns
+    -------
+    Config
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` was given and does not exist.
+    ValueError
+        The file has a section or key dsbprep does not know (the message names it).
+    """
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#", ";"))
+    parser.read_dict(DEFAULTS)
+    used: Path | None = None
+    if path is None and Path("config.ini").is_file():
+        path = "config.ini"
+    if path is not None:
+        used = Path(path)
+        if not used.is_file():
+            raise FileNotFoundError(f"config file {used} does not exist")
+        user = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#", ";"))
+        user.read(used, encoding="utf-8")
+        for section in user.sections():
+            if section not in DEFAULTS:
+                raise ValueError(f"{used}: unknown section [{section}]; known: {', '.join(DEFAULTS)}")
+            for key, value in user.items(section):
+                if key not in DEFAULTS[section]:
+                    raise ValueError(
+                        f"{used}: unknown key {key!r} in [{section}]; known: {', '.join(DEFAULTS[section])}"
+                    )
+                parser.set(section, key, value)
+    for section, values in (overrides or {}).items():
+        for key, value in values.items():
+            if value is not None:
+                if isinstance(value, tuple | list):
+                    value = ", ".join(str(v) for v in value)
+                parser.set(section, key, str(value).lower() if isinstance(value, bool) else str(value))
+    return Config(parser, used)

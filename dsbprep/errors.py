@@ -1,0 +1,39 @@
+"""Exception types raised by dsbprep.
+
+Every error that comes from bad input derives from :class:`DsbprepError`, so a
+build can catch exactly the failures of one case, record them and go on, while
+programming errors (``TypeError`` from a wrong call, ...) still surface.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DsbprepError",
+    "DicomSeriesError",
+    "SegmentationError",
+    "DatasetFormatError",
+    "MaskSourceError",
+]
+
+
+class DsbprepError(Exception):
+    """Base class of all dsbprep errors caused by input data or files."""
+
+
+class DicomSeriesError(DsbprepError):
+    """A DICOM folder or file cannot be turned into a volume.
+
+    The message names the folder, the file (when one is to blame) and what is wrong.
+    """
+
+
+class SegmentationError(DsbprepError):
+    """The lung segmentation could not produce a usable mask for a case."""
+
+
+class DatasetFormatError(DsbprepError):
+    """An HDF5 dataset file is not a valid dsbprep file (or has a newer format version)."""
+
+
+class MaskSourceError(DsbprepError):
+    """A mask source (contour file, RLE CSV row, label NRRD) is malformed."""
