@@ -1,0 +1,351 @@
+"""From HU volume and lung masks to the training volume (grt123's ``savenpy`` step).
+
+The steps follow seed ``004``, "Preparing Masks for Training Input", which is
+what the DSB2017 winners' detector was trained on:
+
+1. per-slice convex hull of each lung (kept only where it at most doubles the
+   slice's area), then 10 dilations with the 6-connected cross;
+2. intensity window [-1200, 600] HU -> uint8 0..255;
+3. everything outside the dilated lungs -> pad value 170; bright (> 210) voxels
+   of the dilated margin (bone) -> 170;
+4. resample to the target spacing (linear for the image, nearest for labels);
+5. crop to the lung bounding box with a margin.
+
+The results equal the original's (see tests/test_preprocess.py), but the work is
+restricted to bounding boxes: the hull is computed on each slice's crop, the
+dilation on the lungs' box, and the resampling only produces the voxels of the
+final crop (``scipy.ndimage.affine_transform`` with zoom's own coordinate map),
+so a 133 x 512 x 512 scan is prepared in a fraction of the original's time.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+from scipy.spatial import ConvexHull, QhullError
+
+__all__ = [
+    "PREPROCESS_DEFAULTS",
+    "TrainingVolume",
+    "convex_hull_2d",
+    "convex_hull_slices",
+    "dilate_cross",
+    "window_to_uint8",
+    "zoom_geometry",
+    "resample_box",
+    "prepare_lung_volume",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Defaults of ``[preprocess]`` in config.ini (grt123's values).
+PREPROCESS_DEFAULTS = {
+    "target_spacing": (1.0, 1.0, 1.0),  # mm (z, y, x); grt123 uses 1 mm, seed 000 uses 2 mm
+    "window": (-1200.0, 600.0),  # HU mapped to 0 and 255
+    "pad_value": 170,  # uint8 value outside the dilated lungs (grt123: soft-tissue grey)
+    "bone_threshold": 210,  # uint8 level above which the dilated margin counts as bone
+    "dilation_iterations": 10,  # voxel steps of the 6-connected dilation of the lung hulls
+    "hull_max_area_ratio": 2.0,  # keep a slice's convex hull only if area(hull) <= ratio * area(mask)
+    "margin": 5,  # voxels of the target grid added below the lung box (2x above, as grt123)
+}
+
+
+@dataclass(frozen=True)
+class TrainingVolume:
+    """A prepared case.
+
+    Attributes
+    ----------
+    image : ndarray, uint8 (z, y, x)
+        Windowed, masked, resampled and cropped volume.
+    labels : ndarray, uint8 (z, y, x)
+        Lung labels on the same grid: 0 background, 1 left, 2 right.
+    spacing : tuple of float
+        Exact voxel size of ``image`` in mm: ``original * (n_in - 1) / (n_out - 1)``
+        per axis (scipy's zoom maps the corner voxels onto each other).
+    crop_box : ndarray, int (3, 2)
+        [start, stop) of the crop in the resampled (uncropped) grid.
+    resampled_shape : tuple of int
+        Shape of the whole resampled volume, before cropping.
+    index_scale : ndarray (3,)
+        Original voxel index = (stored index + crop_box[:, 0]) * index_scale.
+    """
+
+    image: np.ndarray
+    labels: np.ndarray
+    spacing: tuple[float, float, float]
+    crop_box: np.ndarray
+    resampled_shape: tuple[int, int, int]
+    index_scale: np.ndarray
+
+    def original_index(self, stored_index: np.ndarray) -> np.ndarray:
+        """Map (..., 3) stored voxel indices to (float) voxel indices of the input volume."""
+        return (np.asarray(stored_index, float) + self.crop_box[:, 0]) * self.index_scale
+
+    def stored_index(self, original_index: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`original_index`."""
+        return np.asarray(original_index, float) / self.index_scale - self.crop_box[:, 0]
+
+
+#: Each pixel enters the hull as the 4 points of a diamond of radius 0.5 around its
+#: centre, as in ``skimage.morphology.convex_hull_image`` (whose output we reproduce).
+_DIAMOND = np.array([[-0.5, 0.0], [0.5, 0.0], [0.0, -0.5], [0.0, 0.5]])
+#: Pixels on the hull's boundary are inside (skimage's ``include_borders=True``).
+_HULL_TOLERANCE = 1e-9
+
+
+def convex_hull_2d(mask: np.ndarray) -> np.ndarray:
+    """Filled convex hull of a 2-D boolean image, equal to ``skimage``'s ``convex_hull_image``.
+
+    Only perimeter pixels feed qhull, and the hull is filled row by row from its
+    half-plane equations (an interval per row) instead of a point-in-polygon test
+    per pixel: about 3x faster on lung slices, same pixels (tests/test_preprocess.py).
+
+    Examples
+    --------
+    >>> m = np.zeros((5, 5), bool); m[0, 0] = m[4, 4] = m[0, 4] = True
+    >>> convex_hull_2d(m).sum()
+    np.int64(15)
+    """
+    mask = np.asarray(mask, bool)
+    perimeter = mask & ~ndimage.binary_erosion(mask, border_value=0)
+    points = np.argwhere(perimeter).astype(float)
+    points = (points[:, None, :] + _DIAMOND[None]).reshape(-1, 2)
+    try:
+        hull = ConvexHull(points)
+    except (QhullError, ValueError):  # fewer than 3 non-collinear points
+        return mask.copy()
+    n_row, n_col, offset = hull.equations.T  # inside: n_row*r + n_col*c + offset <= 0
+    rows = np.arange(mask.shape[0], dtype=float)[:, None]
+    rhs = _HULL_TOLERANCE - (offset + n_row * rows)  # n_col * c <= rhs, per row and facet
+    with np.errstate(divide="ignore", invalid="ignore"):
+        bound = rhs / n_col
+    upper = np.where(n_col > 0, bound, np.inf).min(axis=1)
+    lower = np.where(n_col < 0, bound, -np.inf).max(axis=1)
+    rows_ok = np.where(n_col == 0, rhs >= 0, True).all(axis=1)
+    cols = np.arange(mask.shape[1], dtype=float)[None, :]
+    return (cols >= lower[:, None]) & (cols <= upper[:, None]) & rows_ok[:, None]
+
+
+def convex_hull_slices(mask: np.ndarray, max_area_ratio: float = 2.0) -> np.ndarray:
+    """Replace each axial slice of ``mask`` by its convex hull, unless that grows it too much.
+
+    Parameters
+    ----------
+    mask : ndarray of bool, shape (z, y, x)
+    max_area_ratio : float
+        A slice keeps its hull only if ``hull.sum() <= max_area_ratio * mask.sum()``
+        (grt123: 2), so a hull that would bridge far-apart pieces is not used.
+
+    Returns
+    -------
+    ndarray of bool, same shape.
+
+    Notes
+    -----
+    The hull is computed on the slice's bounding box only (identical result,
+    far fewer pixels than the 512 x 512 slice).
+    """
+    mask = np.asarray(mask, bool)
+    out = mask.copy()
+    areas = mask.sum(axis=(1, 2))
+    for z in np.flatnonzero(areas):
+        rows = np.flatnonzero(mask[z].any(axis=1))
+        cols = np.flatnonzero(mask[z].any(axis=0))
+        sl = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+        hull = convex_hull_2d(mask[z][sl])
+        if hull.sum() <= max_area_ratio * areas[z]:
+            out[z][sl] = hull
+    return out
+
+
+def dilate_cross(mask: np.ndarray, iterations: int) -> np.ndarray:
+    """``iterations`` binary dilations with the 6-connected cross, on the mask's box only.
+
+    Equal to ``ndimage.binary_dilation(mask, generate_binary_structure(3, 1), iterations)``.
+    """
+    mask = np.asarray(mask, bool)
+    out = np.zeros_like(mask)
+    if iterations <= 0 or not mask.any():
+        return mask.copy()
+    (box,) = ndimage.find_objects(mask.astype(np.uint8))
+    grown = tuple(
+        slice(max(s.start - iterations, 0), min(s.stop + iterations, n))
+        for s, n in zip(box, mask.shape, strict=True)
+    )
+    cross = ndimage.generate_binary_structure(3, 1)
+    out[grown] = ndimage.binary_dilation(mask[grown], structure=cross, iterations=iterations)
+    return out
+
+
+def window_to_uint8(hu: np.ndarray, window: tuple[float, float] = (-1200.0, 600.0)) -> np.ndarray:
+    """Map HU linearly so ``window`` becomes [0, 255], clip, and truncate to uint8 (as grt123).
+
+    int16 input goes through a 65536-entry lookup table computed with grt123's own
+    float64 arithmetic, so the result is identical and ~10x faster than the formula.
+
+    Examples
+    --------
+    >>> window_to_uint8(np.array([-2000, -1200, -300, 600, 3000], np.int16)).tolist()
+    [0, 0, 127, 255, 255]
+    """
+    lo, hi = float(window[0]), float(window[1])
+    if not hi > lo:
+        raise ValueError(f"window must be (low, high) with high > low, got {window}")
+    hu = np.asarray(hu)
+    if hu.dtype == np.int16:
+        return np.take(_window_lut(lo, hi), np.ascontiguousarray(hu).view(np.uint16))
+    return _window_formula(hu, lo, hi)
+
+
+def _window_formula(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    scaled = np.clip((values.astype(np.float64) - lo) / (hi - lo), 0.0, 1.0)
+    return (scaled * 255).astype(np.uint8)
+
+
+@functools.lru_cache(maxsize=8)
+def _window_lut(lo: float, hi: float) -> np.ndarray:
+    """uint8 value of every int16, indexed by its bit pattern (as uint16)."""
+    return _window_formula(np.arange(65536, dtype=np.uint16).view(np.int16), lo, hi)
+
+
+def zoom_geometry(shape: tuple[int, ...], spacing: tuple[float, ...],
+                  target_spacing: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Output shape and index scale of grt123's resampling (``scipy.ndimage.zoom``).
+
+    Returns
+    -------
+    new_shape : ndarray of int
+        ``round(shape * spacing / target_spacing)``.
+    index_scale : ndarray of float
+        Input index = output index * ``(n_in - 1) / (n_out - 1)`` (zoom's corner-aligned map).
+    """
+    shape_arr = np.asarray(shape, float)
+    new_shape = np.round(shape_arr * np.asarray(spacing, float) / np.asarray(target_spacing, float))
+    new_shape = np.maximum(new_shape, 1).astype(int)
+    scale = np.where(new_shape > 1, (shape_arr - 1) / np.maximum(new_shape - 1, 1), 1.0)
+    return new_shape, scale
+
+
+def resample_box(volume: np.ndarray, index_scale: np.ndarray, box: np.ndarray, order: int) -> np.ndarray:
+    """The ``box`` ([start, stop) per axis) of ``zoom(volume, ...)``, computed alone.
+
+    Uses zoom's coordinate map (input = output * index_scale) with mode 'nearest',
+    like ``scipy.ndimage.zoom(volume, new_shape / shape, order=order, mode="nearest")``
+    followed by cropping, but reads only the input voxels the box needs.
+    """
+    box = np.asarray(box, int)
+    lo = np.clip(np.floor(box[:, 0] * index_scale).astype(int) - 1, 0, np.asarray(volume.shape) - 1)
+    hi = np.clip(np.ceil((box[:, 1] - 1) * index_scale).astype(int) + 2, lo + 1, volume.shape)
+    sub = volume[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))]
+    return _resample_from(sub, index_scale, box, lo, order=order)
+
+
+def _resample_from(sub: np.ndarray, index_scale: np.ndarray, box: np.ndarray, lo: np.ndarray,
+                   order: int) -> np.ndarray:
+    """Resample ``box`` of the zoomed grid from ``sub`` = volume[lo:...] (zoom's map, mode nearest)."""
+    out_shape = tuple(int(b) for b in box[:, 1] - box[:, 0])
+    if min(out_shape) <= 0:
+        return np.zeros(out_shape, sub.dtype)
+    offset = box[:, 0] * index_scale - lo
+    # mode 'nearest' clamps at the sub-volume edge, which is the real volume edge
+    # whenever the map reaches it (one voxel of slack covers every interior sample).
+    return ndimage.affine_transform(sub, index_scale, offset=offset, output_shape=out_shape,
+                                    order=order, mode="nearest", prefilter=False)
+
+
+def prepare_lung_volume(
+    hu: np.ndarray,
+    spacing: tuple[float, float, float],
+    left: np.ndarray,
+    right: np.ndarray,
+    *,
+    target_spacing: tuple[float, float, float] = PREPROCESS_DEFAULTS["target_spacing"],
+    window: tuple[float, float] = PREPROCESS_DEFAULTS["window"],
+    pad_value: int = PREPROCESS_DEFAULTS["pad_value"],
+    bone_threshold: int = PREPROCESS_DEFAULTS["bone_threshold"],
+    dilation_iterations: int = PREPROCESS_DEFAULTS["dilation_iterations"],
+    hull_max_area_ratio: float = PREPROCESS_DEFAULTS["hull_max_area_ratio"],
+    margin: int = PREPROCESS_DEFAULTS["margin"],
+) -> TrainingVolume:
+    """grt123's training volume from HU and the two lung masks.
+
+    Parameters
+    ----------
+    hu : ndarray, int16 (z, y, x)
+        Hounsfield units.
+    spacing : tuple of 3 float
+        Voxel size of ``hu`` in mm (z, y, x).
+    left, right : ndarray of bool, (z, y, x)
+        Lung masks (at least one voxel in their union).
+    target_spacing, window, pad_value, bone_threshold, dilation_iterations,
+    hull_max_area_ratio, margin
+        See ``PREPROCESS_DEFAULTS``.
+
+    Returns
+    -------
+    TrainingVolume
+
+    Raises
+    ------
+    ValueError
+        Shapes disagree, or both masks are empty.
+
+    Examples
+    --------
+    >>> hu = np.full((20, 40, 40), 40, np.int16)
+    >>> left = np.zeros(hu.shape, bool); left[5:15, 10:30, 22:32] = True
+    >>> right = np.zeros(hu.shape, bool); right[5:15, 10:30, 8:18] = True
+    >>> hu[left | right] = -850
+    >>> tv = prepare_lung_volume(hu, (2.0, 1.0, 1.0), left, right)
+    >>> tv.image.dtype, tv.labels.max(), tv.image.shape == tv.labels.shape
+    (dtype('uint8'), np.uint8(2), True)
+    """
+    hu = np.asarray(hu)
+    left = np.asarray(left, bool)
+    right = np.asarray(right, bool)
+    if hu.ndim != 3 or left.shape != hu.shape or right.shape != hu.shape:
+        raise ValueError(f"hu {hu.shape}, left {left.shape} and right {right.shape} must be equal 3-D shapes")
+    union = left | right
+    if not union.any():
+        raise ValueError("both lung masks are empty: nothing to crop to")
+    spacing_arr = np.asarray(spacing, float)
+    new_shape, scale = zoom_geometry(hu.shape, spacing, target_spacing)
+
+    # crop box in the target grid: grt123 scales the mask's voxel box by spacing / target
+    # (not by zoom's exact map) and pads 1x margin below, 2x above; kept for compatibility.
+    (bbox,) = ndimage.find_objects(union.astype(np.uint8))
+    box = np.array([[s.start, s.stop - 1] for s in bbox], float)
+    box = np.floor(box * (spacing_arr / np.asarray(target_spacing, float))[:, None]).astype(int)
+    crop = np.stack([np.maximum(box[:, 0] - margin, 0), np.minimum(box[:, 1] + 2 * margin, new_shape)], axis=1)
+
+    # Everything below happens on the input voxels the resampled crop reads (plus a
+    # voxel of slack): the masks lie inside it, so the dilation is exact there.
+    lo = np.clip(np.floor(crop[:, 0] * scale).astype(int) - 1, 0, np.asarray(hu.shape) - 1)
+    hi = np.clip(np.ceil((crop[:, 1] - 1) * scale).astype(int) + 2, lo + 1, hu.shape)
+    sub = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    left_s, right_s = left[sub], right[sub]
+    union_s = left_s | right_s
+    hulls = convex_hull_slices(left_s, hull_max_area_ratio) | convex_hull_slices(right_s, hull_max_area_ratio)
+    dilated = dilate_cross(hulls, dilation_iterations)  # dilation distributes over the union
+    image = window_to_uint8(hu[sub], window)
+    image[~dilated] = pad_value
+    dilated &= ~union_s  # now the dilated margin around the lungs
+    image[dilated & (image > bone_threshold)] = pad_value
+
+    labels = left_s.astype(np.uint8)
+    labels[right_s & ~left_s] = 2
+    out_image = _resample_from(image, scale, crop, lo, order=1)
+    out_labels = _resample_from(labels, scale, crop, lo, order=0)
+    return TrainingVolume(
+        image=out_image,
+        labels=out_labels,
+        spacing=tuple(float(s) for s in spacing_arr * scale),
+        crop_box=crop,
+        resampled_shape=tuple(int(s) for s in new_shape),
+        index_scale=scale,
+    )
