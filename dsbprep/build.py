@@ -27,6 +27,7 @@ import numpy as np
 from .config import Config, load_config
 from .errors import DsbprepError
 from .sources import Task, get_source
+from .splits import assign_split
 from .store import CaseData, DatasetWriter
 
 __all__ = ["BuildReport", "run_build", "main"]
@@ -186,9 +187,12 @@ def run_build(
             results = _results_loky(src, todo, workers, int(build["max_pending"]))
         else:
             raise ValueError(f"unknown backend {backend!r}; expected 'loky' or 'dask'")
+        splits = config.params("splits")
         with tqdm(total=len(todo), unit="case", disable=not progress, file=sys.stderr,
                   desc=f"building {output_filename.name}") as bar:
             for task, case, error in results:
+                if case is not None and splits["assign"]:
+                    case.split = assign_split(task.patient, tuple(splits["fractions"]), int(splits["seed"]))
                 if case is not None:
                     try:
                         writer.append(case)

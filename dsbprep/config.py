@@ -43,6 +43,11 @@ DEFAULTS: dict[str, dict[str, str]] = {
         "pad_hu": "-1024",
         "allowed_modalities": "CT",
     },
+    "splits": {
+        "assign": "true",
+        "fractions": "0.7, 0.2, 0.1",
+        "seed": "0",
+    },
 }
 
 

@@ -65,6 +65,8 @@ __all__ = [
     "DsbDataset",
     "open_dataset",
     "case_checksum",
+    "foreground_points",
+    "FOREGROUND_POINTS",
 ]
 
 logger = logging.getLogger(__name__)
@@ -137,6 +139,28 @@ def _compression_kwargs(name: str, itemsize: int) -> dict[str, Any]:
         shuffle = hdf5plugin.Blosc.SHUFFLE if itemsize > 1 else hdf5plugin.Blosc.NOSHUFFLE
         return dict(hdf5plugin.Blosc(cname=cname, clevel=5 if cname == "lz4" else 3, shuffle=shuffle))
     raise ValueError(f"unknown compression {name!r}; expected one of {COMPRESSORS}")
+
+
+#: Foreground voxels kept per label for label-centred patch sampling (nnU-Net keeps
+#: 10,000 per class; a few thousand already cover a lung densely at patch scale).
+FOREGROUND_POINTS = 2048
+
+
+def foreground_points(mask: np.ndarray, n: int = FOREGROUND_POINTS) -> dict[str, list[list[int]]]:
+    """Up to ``n`` voxel indices (z, y, x) per non-zero label, spread evenly over the label.
+
+    Deterministic (every k-th voxel in C order), so a rebuild stores the same points.
+    The loader samples label-centred patches from them without reading the mask.
+    """
+    mask = np.asarray(mask)
+    flat = mask.ravel()
+    out: dict[str, list[list[int]]] = {}
+    for label in np.unique(flat[flat > 0]) if flat.any() else []:
+        idx = np.flatnonzero(flat == label)
+        if idx.size > n:
+            idx = idx[np.linspace(0, idx.size - 1, n).astype(np.int64)]
+        out[str(int(label))] = np.stack(np.unravel_index(idx, mask.shape), axis=1).tolist()
+    return out
 
 
 def case_checksum(image: np.ndarray, mask: np.ndarray) -> str:
@@ -477,7 +501,10 @@ class DatasetWriter:
         if len(boxes):
             self.file["boxes"].resize(bstart + len(boxes), axis=0)
             self.file["boxes"][bstart:] = boxes
-        mstart, mlen = self._append_meta(case.meta)
+        meta = dict(case.meta)
+        if "foreground" not in meta:
+            meta["foreground"] = foreground_points(mask)
+        mstart, mlen = self._append_meta(meta)
         row = np.zeros((), INDEX_DTYPE)
         row["case_id"] = _encode_id(case.case_id)
         row["status"] = STATUS_OK

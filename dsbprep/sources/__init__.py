@@ -39,11 +39,19 @@ class Task:
         Cheap hash of the inputs (file names and sizes) used to skip done cases on resume.
     inputs : dict
         Whatever the source's ``process`` needs (paths, annotation rows, ...).
+    patient_id : str
+        Patient of the case, when it differs from ``case_id`` (2-D frames).
     """
 
     case_id: str
     fingerprint: str
     inputs: dict[str, Any] = field(default_factory=dict)
+    patient_id: str = ""
+
+    @property
+    def patient(self) -> str:
+        """Patient the case belongs to (splits are by patient); defaults to the case id."""
+        return self.patient_id or self.case_id
 
 
 def listing_fingerprint(files: list[Path], root: Path) -> str:
