@@ -236,7 +236,9 @@ def resample_box(volume: np.ndarray, index_scale: np.ndarray, box: np.ndarray, o
 
     Uses zoom's coordinate map (input = output * index_scale) with mode 'nearest',
     like ``scipy.ndimage.zoom(volume, new_shape / shape, order=order, mode="nearest")``
-    followed by cropping, but reads only the input voxels the box needs.
+    followed by cropping, but reads only the input voxels the box needs. The two
+    agree up to the rounding of sample positions (a value on .5 may round the
+    other way: 1 grey level in well under 0.1 % of voxels; none on LIDC-IDRI-0001).
     """
     box = np.asarray(box, int)
     lo = np.clip(np.floor(box[:, 0] * index_scale).astype(int) - 1, 0, np.asarray(volume.shape) - 1)
