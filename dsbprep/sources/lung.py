@@ -51,19 +51,32 @@ def discover_patients(data_directory: str | Path) -> list[Task]:
 
 @dataclass
 class LungSource:
-    """Chest CT DICOM series -> (image, lung label mask) cases.
+    """Chest CT DICOM series -> (uint8 training volume, lung label mask, nodule boxes) cases.
+
+    Per case: :func:`dsbprep.dicom.load_scan`, :func:`dsbprep.segment.segment_lungs`,
+    :func:`dsbprep.preprocess.prepare_lung_volume`, and nodule boxes from the LIDC
+    reader XML in the folder and/or a LUNA16 ``annotations.csv``.
 
     Parameters
     ----------
-    dicom : dict
-        Keyword arguments of :func:`dsbprep.dicom.load_scan`.
+    dicom, segmentation, preprocess : dict
+        Keyword arguments of the three stage functions (config sections of the same names).
+    annotations : dict
+        ``lidc_xml`` (bool), ``min_diameter_mm``, ``min_readers``, ``luna_csv`` (path or "").
+    allow_one_lung : bool
+        Store a case in which only one lung was found (flagged in its meta) instead of failing it.
     """
 
     dicom: dict[str, Any] = field(default_factory=dict)
+    segmentation: dict[str, Any] = field(default_factory=dict)
+    preprocess: dict[str, Any] = field(default_factory=dict)
+    annotations: dict[str, Any] = field(default_factory=dict)
+    luna: dict[str, list] = field(default_factory=dict)
+    allow_one_lung: bool = True
     name: str = "lung"
     kind: str = "volume"
-    image_dtype: str = "int16"
-    pad_value: float = -1024
+    image_dtype: str = "uint8"
+    pad_value: float = 170
     chunks: tuple[int, int, int] | None = None
 
     @classmethod
@@ -71,36 +84,102 @@ class LungSource:
         dicom = config.params("dicom")
         mods = dicom.get("allowed_modalities", "CT")
         dicom["allowed_modalities"] = tuple(mods) if isinstance(mods, tuple) else (mods,)
-        chunks = config.get("build", "chunks")
-        return cls(dicom=dicom, chunks=tuple(chunks))
+        seg = config.params("segmentation")
+        prep = config.params("preprocess")
+        allow_one = bool(prep.pop("allow_one_lung"))
+        ann = config.params("annotations")
+        luna = {}
+        if ann.get("luna_csv"):
+            from ..annotations import read_luna_csv
+
+            luna = read_luna_csv(ann["luna_csv"])
+        return cls(dicom=dicom, segmentation=seg, preprocess=prep, annotations=ann, luna=luna,
+                   allow_one_lung=allow_one, pad_value=prep["pad_value"],
+                   chunks=tuple(config.get("build", "chunks")))
 
     def discover(self, data_directory: str | Path) -> list[Task]:
         return discover_patients(data_directory)
 
     def process(self, task: Task) -> CaseData:
+        from .._version import __version__
         from ..dicom import load_scan
+        from ..errors import SegmentationError
+        from ..geometry import voxel_to_world
+        from ..preprocess import prepare_lung_volume
+        from ..segment import segment_lungs
 
-        scan = load_scan(task.inputs["folder"], **self.dicom)
+        folder = task.inputs["folder"]
+        scan = load_scan(folder, **self.dicom)
+        masks = segment_lungs(scan.hu, scan.spacing, direction=scan.direction, **self.segmentation)
+        if masks.found == 0 or (masks.found == 1 and not self.allow_one_lung):
+            raise SegmentationError(
+                f"{folder}: lung segmentation found {masks.found} lung(s): {masks.reason}"
+            )
+        tv = prepare_lung_volume(scan.hu, scan.spacing, masks.left, masks.right, **self.preprocess)
+        crop_start_original = tv.original_index(np.zeros(3))
+        origin = voxel_to_world(crop_start_original, scan.origin, scan.spacing, scan.direction)
+        boxes, nodules = self._boxes(folder, scan, tv, origin)
         meta = {
             "source": self.name,
-            "folder": task.inputs["folder"],
+            "dsbprep_version": __version__,
+            "folder": folder,
             "patient_id": scan.patient_id,
             "series_uid": scan.series_uid,
             "study_uid": scan.study_uid,
             "series_sha256": scan.source_hash,
             "n_files": len(scan.source_files),
+            "original_shape": list(scan.hu.shape),
+            "original_origin": list(scan.origin),
+            "crop_box_original": [tv.original_index(np.zeros(3)).tolist(),
+                                  tv.original_index(np.array(tv.image.shape) - 1).tolist()],
+            "lungs_found": masks.found,
+            "segmentation_note": masks.reason,
+            "lung_volume_ml": {"left": float(masks.left.sum() * np.prod(scan.spacing) / 1000),
+                               "right": float(masks.right.sum() * np.prod(scan.spacing) / 1000)},
+            "nodules": nodules,
             "warnings": list(scan.warnings),
-            "parameters": {"dicom": self.dicom},
+            "parameters": {"dicom": self.dicom, "segmentation": self.segmentation,
+                           "preprocess": self.preprocess, "annotations": self.annotations},
         }
         return CaseData(
             case_id=task.case_id,
-            image=scan.hu,
-            mask=np.zeros(scan.hu.shape, np.uint8),
-            spacing=scan.spacing,
-            origin=scan.origin,
+            image=tv.image,
+            mask=tv.labels,
+            spacing=tv.spacing,
+            origin=tuple(float(v) for v in origin),
             direction=scan.direction,
             original_spacing=scan.spacing,
-            shape_before_crop=scan.hu.shape,
+            shape_before_crop=tv.resampled_shape,
+            crop_box=tv.crop_box,
+            boxes=boxes,
             source_hash=task.fingerprint,
             meta=meta,
         )
+
+    def _boxes(self, folder: str, scan: Any, tv: Any, origin: np.ndarray) -> tuple[np.ndarray, list]:
+        """Nodule boxes in the stored frame from the LIDC XML and/or the LUNA16 CSV."""
+        from ..annotations import find_lidc_xml, lidc_nodules, nodules_to_boxes
+        from ..geometry import world_to_voxel
+
+        nodules = []
+        if self.annotations.get("lidc_xml", True):
+            xml = find_lidc_xml(folder)
+            if xml is not None:
+                nodules += lidc_nodules(
+                    xml, origin=scan.origin, spacing=scan.spacing, direction=scan.direction,
+                    series_uid=scan.series_uid,
+                    min_diameter_mm=self.annotations.get("min_diameter_mm", 3.0),
+                    min_readers=int(self.annotations.get("min_readers", 1)),
+                )
+        nodules += self.luna.get(scan.series_uid, [])
+        if not nodules:
+            return np.zeros((0, 8), np.float32), []
+        boxes = nodules_to_boxes(
+            nodules,
+            to_stored_index=lambda w: world_to_voxel(w, origin, tv.spacing, scan.direction),
+            stored_spacing=tv.spacing,
+            stored_shape=tv.image.shape,
+        )
+        described = [{"center_world_zyx": list(n.center), "diameter_mm": n.diameter_mm,
+                      "n_readers": n.n_readers} for n in nodules]
+        return boxes, described
