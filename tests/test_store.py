@@ -202,3 +202,21 @@ def test_crash_during_creation_leaves_no_file(tmp_path):
     assert leftovers == []
     with open_dataset(path) as ds:
         assert len(ds) == 0
+
+
+def test_verify_detects_corruption(tmp_path, capsys):
+    from dsbprep.verify import main as verify_main
+
+    path = tmp_path / "d.h5"
+    with DatasetWriter(path, image_dtype="int16", chunks=(4, 8, 8)) as w:
+        w.append(_case("a", seed=1))
+        w.append(_case("b", seed=2))
+        w.append_failure("c", "c: broken")
+    assert verify_main([str(path)]) == 0
+    assert "2 cases verified, 1 failed-case rows" in capsys.readouterr().out
+    with h5py.File(path, "a") as f:  # flip one voxel of case b behind the writer's back
+        f["images"][9, 1, 1] += 1
+    assert verify_main([str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "case 'b': checksum" in out and "case 'a'" not in out
+    assert verify_main([str(tmp_path / "absent.h5")]) == 2
