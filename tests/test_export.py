@@ -1,0 +1,210 @@
+"""grt123 (.npy) and seed-000 (.npz) exports of a dataset file."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dsbprep.errors import DatasetFormatError
+from dsbprep.export import export_grt123, export_npz, grt123_label, main
+from dsbprep.store import BOX_COLUMNS, CaseData, DatasetWriter
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _lung_case(case_id, shape, rng, *, boxes, spacing=(1.0, 0.98, 0.98), split=""):
+    """A uint8 volume like the prepared lungs: 170 outside, dark lungs with a bright nodule."""
+    image = np.full(shape, 170, np.uint8)
+    labels = np.zeros(shape, np.uint8)
+    z, y, x = np.indices(shape)
+    half = shape[2] // 2
+    for label, cx in ((1, half + half // 2), (2, half // 2)):  # 1 = left lung, on the image's right
+        lung = ((y - shape[1] / 2) / (shape[1] * 0.4)) ** 2 + ((x - cx) / (half * 0.4)) ** 2 < 1
+        labels[lung] = label
+        image[lung] = rng.integers(20, 60, size=int(lung.sum()), dtype=np.uint8)
+    for b in boxes:
+        sphere = ((z - b[0]) ** 2 + (y - b[1]) ** 2 + (x - b[2]) ** 2) < (
+            b[6] / 2 / spacing[1]
+        ) ** 2
+        image[sphere] = 140
+    return CaseData(
+        case_id,
+        image,
+        labels,
+        spacing=spacing,
+        origin=(-300.0, -170.0, -160.0),
+        direction=np.eye(3),
+        original_spacing=(2.5, 0.7, 0.7),
+        shape_before_crop=(130, 350, 360),
+        crop_box=np.array([[10, 10 + shape[0]], [40, 40 + shape[1]], [30, 30 + shape[2]]]),
+        boxes=np.asarray(boxes, np.float32).reshape(-1, len(BOX_COLUMNS)),
+        split=split,
+    )
+
+
+@pytest.fixture()
+def lung_h5(tmp_path):
+    rng = np.random.default_rng(7)
+    cases = [
+        _lung_case(
+            "LIDC-IDRI-0001",
+            (40, 48, 56),
+            rng,
+            split="train",
+            boxes=[[20, 30, 40, 8, 9, 9, 8.5, 4], [10.5, 18.25, 12, 4, 5, 5, 4.0, 2]],
+        ),
+        _lung_case(
+            "kaggle_0a0c32c9", (36, 44, 52), rng, boxes=[], spacing=(1.0, 1.0, 0.9), split="val"
+        ),
+        _lung_case("p3", (30, 40, 40), rng, boxes=[[15, 20, 20, 3, 3, 3, 0.0, 1]], split="train"),
+    ]
+    path = tmp_path / "lung.h5"
+    with DatasetWriter(path, image_dtype="uint8", chunks=(16, 32, 32), pad_value=170) as writer:
+        for case in cases:
+            writer.append(case)
+    return path, {c.case_id: c for c in cases}
+
+
+def test_grt123_label():
+    boxes = np.array([[20, 30, 40, 8, 9, 9, 8.5, 4], [1, 2, 3, 4, 6, 8, 0.0, 1]], np.float32)
+    label = grt123_label(boxes, (1.0, 0.8, 0.9))
+    assert label.dtype == np.float64
+    np.testing.assert_allclose(
+        label, [[20, 30, 40, 8.5 / 0.85], [1, 2, 3, 7.0]]
+    )  # no diameter: mean in-plane size
+    np.testing.assert_array_equal(grt123_label(np.zeros((0, 8)), (1, 1, 1)), [[0, 0, 0, 0]])
+
+
+def test_export_grt123_exact(lung_h5, tmp_path):
+    h5, cases = lung_h5
+    out = tmp_path / "prep"
+    files = export_grt123(h5, out)
+    assert sorted(p.name for p in files) == sorted(
+        f"{cid}_{kind}.npy" for cid in cases for kind in ("clean", "label")
+    )
+    assert sorted(os.listdir(out)) == sorted(p.name for p in files)  # no temporary files left
+    for cid, case in cases.items():
+        clean = np.load(out / f"{cid}_clean.npy")
+        assert clean.dtype == np.uint8 and clean.shape == (1, *case.image.shape)
+        np.testing.assert_array_equal(clean[0], case.image)
+        label = np.load(out / f"{cid}_label.npy")
+        assert label.ndim == 2 and label.shape[1] == 4
+        if len(case.boxes):
+            np.testing.assert_allclose(label[:, :3], case.boxes[:, :3])
+            np.testing.assert_allclose(label, grt123_label(case.boxes, case.spacing))
+        else:
+            np.testing.assert_array_equal(label, [[0, 0, 0, 0]])
+    # the first case's boxes: diameter 8.5 mm / 0.98 mm, 4.0 / 0.98
+    label = np.load(out / "LIDC-IDRI-0001_label.npy")
+    np.testing.assert_allclose(
+        label, [[20, 30, 40, 8.5 / 0.98], [10.5, 18.25, 12, 4.0 / 0.98]], rtol=1e-6
+    )
+    # the nodule sits where the label says, in the exported volume
+    z, y, x = np.round(label[0, :3]).astype(int)
+    assert np.load(out / "LIDC-IDRI-0001_clean.npy")[0, z, y, x] == 140
+
+
+def test_export_npz_exact(lung_h5, tmp_path):
+    h5, cases = lung_h5
+    out = tmp_path / "npz"
+    files = export_npz(h5, out, cases=["p3", "LIDC-IDRI-0001"])
+    assert [p.name for p in files] == ["p3.npz", "LIDC-IDRI-0001.npz"]
+    for path in files:
+        case = cases[path.stem]
+        with np.load(path) as npz:  # allow_pickle=False by default: nothing needs pickle
+            np.testing.assert_array_equal(npz["arr_0"], case.image)
+            assert npz["arr_0"].dtype == np.uint8
+            np.testing.assert_array_equal(npz["mask"], case.mask)
+            np.testing.assert_array_equal(npz["spacing"], case.spacing)
+            np.testing.assert_array_equal(npz["origin"], case.origin)
+            np.testing.assert_array_equal(npz["direction"], case.direction)
+            np.testing.assert_array_equal(npz["boxes"], case.boxes)
+            assert tuple(npz["box_columns"]) == BOX_COLUMNS
+            np.testing.assert_array_equal(npz["original_spacing"], case.original_spacing)
+            np.testing.assert_array_equal(npz["shape_before_crop"], case.shape_before_crop)
+            np.testing.assert_array_equal(npz["crop_box"], case.crop_box)
+    # uncompressed output holds the same arrays, in a bigger file
+    (plain,) = export_npz(h5, tmp_path / "plain", cases=["p3"], compress=False)
+    with np.load(plain) as a, np.load(out / "p3.npz") as b:
+        assert sorted(a.files) == sorted(b.files)
+        np.testing.assert_array_equal(a["arr_0"], b["arr_0"])
+    assert plain.stat().st_size > (out / "p3.npz").stat().st_size
+
+
+def test_subsets_and_errors(lung_h5, tmp_path):
+    h5, _ = lung_h5
+    files = export_grt123(h5, tmp_path / "train", split="train")
+    assert sorted(p.name for p in files) == [
+        "LIDC-IDRI-0001_clean.npy",
+        "LIDC-IDRI-0001_label.npy",
+        "p3_clean.npy",
+        "p3_label.npy",
+    ]
+    assert [p.name for p in export_npz(h5, tmp_path / "val", split="val")] == [
+        "kaggle_0a0c32c9.npz"
+    ]
+    assert export_npz(h5, tmp_path / "none", cases=["p3"], split="val") == []
+    with pytest.raises(DatasetFormatError, match=r"no case\(s\) \['nope'\]"):
+        export_npz(h5, tmp_path / "x", cases=["p3", "nope"])
+    with pytest.raises(FileNotFoundError):
+        export_grt123(tmp_path / "absent.h5", tmp_path / "x")
+
+
+def test_grt123_refuses_2d_and_hu_files(tmp_path):
+    slices = tmp_path / "slices.h5"
+    with DatasetWriter(slices, kind="slices", chunks=(1, 16, 16)) as writer:
+        writer.append(CaseData("xr_1", np.zeros((20, 20), np.uint8), np.zeros((20, 20), np.uint8)))
+    with pytest.raises(
+        DatasetFormatError, match="2-D 'slices' cases; the grt123 export needs a 3-D"
+    ):
+        export_grt123(slices, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    (npz,) = export_npz(slices, tmp_path / "out2d")  # npz takes 2-D files: (1, y, x)
+    assert np.load(npz)["arr_0"].shape == (1, 20, 20)
+    hu = tmp_path / "hu.h5"
+    with DatasetWriter(hu, image_dtype="int16", chunks=(8, 16, 16), pad_value=-1024) as writer:
+        writer.append(
+            CaseData("ct", np.full((4, 8, 8), -1000, np.int16), np.zeros((4, 8, 8), np.uint8))
+        )
+    with pytest.raises(DatasetFormatError, match="images are int16"):
+        export_grt123(hu, tmp_path / "out")
+
+
+def test_cli_main(lung_h5, tmp_path, capsys):
+    h5, cases = lung_h5
+    out = tmp_path / "cli"
+    assert main(["--format", "grt123", str(h5), str(out), "--cases", "p3"]) == 0
+    assert "exported 1 case(s) as grt123" in capsys.readouterr().out
+    assert sorted(os.listdir(out)) == ["p3_clean.npy", "p3_label.npy"]
+    assert main(["--format", "npz", str(h5), str(out), "--split", "val", "--no-compress"]) == 0
+    np.testing.assert_array_equal(
+        np.load(out / "kaggle_0a0c32c9.npz")["arr_0"], cases["kaggle_0a0c32c9"].image
+    )
+    assert main(["--format", "grt123", str(h5), str(out), "--cases", "zzz"]) == 1
+    assert "no case(s) ['zzz']" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as err:
+        main(["--format", "dicom", str(h5), str(out)])
+    assert err.value.code == 2
+
+
+def test_cli_subprocess(lung_h5, tmp_path):
+    h5, cases = lung_h5
+    out = tmp_path / "sub"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "dsbprep.export", "--format", "grt123", str(h5), str(out)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"exported {len(cases)} case(s) as grt123 to {out}" in proc.stdout
+    np.testing.assert_array_equal(np.load(out / "p3_clean.npy")[0], cases["p3"].image)
+    np.testing.assert_array_equal(np.load(out / "p3_label.npy"), [[15, 20, 20, 3.0]])
