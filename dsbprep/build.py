@@ -147,6 +147,7 @@ def run_build(
     workers = int(workers or build["workers"])
     backend = backend or build["backend"]
     scheduler = scheduler or build["scheduler"]
+    config.parser.set("build", "workers", str(workers))  # sources size their thread pools by it
     src = get_source(source or build["source"], config)
 
     if src.name == "lung" and _is_empty(data_directory):
@@ -241,7 +242,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="ini file (default: ./config.ini if present)")
     p.add_argument("--data_directory", default=None, help="base directory for data [paths] data_directory")
     p.add_argument("--output_filename", default=None, help="name of the HDF5 file to create or extend")
-    p.add_argument("--source", default=None, choices=None, help="mask source: lung (default from config)")
+    p.add_argument("--source", default=None, choices=("lung", "contours", "rle", "nrrd"),
+                   help="mask source: lung, contours, rle or nrrd (default: [build] source)")
     p.add_argument("--workers", type=int, default=None, help="worker processes (default from config)")
     p.add_argument("--backend", choices=("loky", "dask"), default=None, help="parallel backend")
     p.add_argument("--scheduler", default=None, help="dask.distributed scheduler address (backend dask)")

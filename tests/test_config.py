@@ -48,3 +48,12 @@ def test_public_api_resolves():
         assert getattr(dsbprep, name) is not None, name
     with pytest.raises(AttributeError):
         dsbprep.no_such_name  # noqa: B018
+
+
+def test_segmentation_section_matches_segment_defaults():
+    from dsbprep.segment import CONFIG_DEFAULTS
+
+    cfg = load_config(REPO / "config.ini").params("segmentation")
+    assert cfg.keys() == CONFIG_DEFAULTS.keys()
+    for key, value in CONFIG_DEFAULTS.items():
+        assert cfg[key] == pytest.approx(value), key
