@@ -137,7 +137,7 @@ def test_sigkill_midway_then_resume_gives_each_case_once(cohort, clean_build, tm
     assert _checksums(out) == _checksums(clean_build)  # bit-identical to a clean build, each once
 
 
-def test_lidc_built_twice_is_one_case(lidc_dir, tmp_path):
+def test_lidc_built_twice_is_one_case(lidc_dir, reference_npz, tmp_path):
     data = tmp_path / "in"
     data.mkdir()
     (data / "LIDC-IDRI-0001").symlink_to(lidc_dir, target_is_directory=True)
@@ -152,4 +152,16 @@ def test_lidc_built_twice_is_one_case(lidc_dir, tmp_path):
         rec = ds[0]
         assert rec.meta["lungs_found"] == 2
         assert len(rec.boxes) >= 1  # the reader XML's nodule(s)
+        # fidelity with grt123's own _clean.npy: same shape, >= 99 % of voxels within 2 grey levels
+        clean = np.load(reference_npz)["clean"][0]
+        image = rec.image
+        assert image.shape == clean.shape
+        close = np.abs(image.astype(int) - clean.astype(int)) <= 2
+        assert close.mean() >= 0.99, close.mean()
+        # the nodule (a 33 mm mass at the lung wall: soft tissue, so outside the air mask) is kept
+        # inside the dilated lung region, beside the LEFT lung (label 1) only
+        z, y, x = np.round(rec.boxes[0, :3]).astype(int)
+        assert rec.image[z, y, x] != 170
+        near = rec.mask[z - 15:z + 16, y - 15:y + 16, x - 15:x + 16]
+        assert (near == 1).sum() > 100 and (near == 2).sum() == 0
     shutil.rmtree(data)
