@@ -248,7 +248,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("loky", "dask"), default=None, help="parallel backend")
     p.add_argument("--scheduler", default=None, help="dask.distributed scheduler address (backend dask)")
     p.add_argument("--rebuild", action="store_true", help="process cases again even if already stored")
-    p.add_argument("--report", default=None, help="write the build report as JSON to this file")
+    p.add_argument("--report", default=None,
+                   help="write the build report as JSON to this file ('' for none; default [paths] report)")
     p.add_argument("--print_random_image", action="store_true",
                    help="unit test: print a random stored case and save a PNG of it with its mask")
     p.add_argument("--figure", default=None, help="PNG path for --print_random_image")
@@ -280,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dsbprep.build: error: {err}", file=sys.stderr)
         return 2
     output = args.output_filename or config.get("paths", "output_filename")
-    report_path = args.report or config.get("paths", "report")
+    report_path = args.report if args.report is not None else config.get("paths", "report")
     if report_path:
         Path(report_path).parent.mkdir(parents=True, exist_ok=True)
         Path(report_path).write_text(json.dumps(report.to_json(), indent=2))

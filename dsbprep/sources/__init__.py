@@ -24,6 +24,9 @@ __all__ = ["Task", "SOURCES", "get_source", "listing_fingerprint"]
 #: Source name -> "module:class" (imported on demand).
 SOURCES = {
     "lung": "dsbprep.sources.lung:LungSource",
+    "contours": "dsbprep.sources.contours:ContourSource",
+    "rle": "dsbprep.sources.rle:RLESource",
+    "nrrd": "dsbprep.sources.nrrd:NrrdSource",
 }
 
 
