@@ -57,7 +57,7 @@ DEFAULTS: dict[str, dict[str, str]] = {
         "max_erosions": "22",
         "max_lung_volume_ratio": "4.8",
         "slice_cover_fraction": "0.95",
-        "workers": "0",
+        "threads": "0",
     },
     "preprocess": {
         "target_spacing": "1.0, 1.0, 1.0",

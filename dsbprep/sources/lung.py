@@ -85,8 +85,8 @@ class LungSource:
         mods = dicom.get("allowed_modalities", "CT")
         dicom["allowed_modalities"] = tuple(mods) if isinstance(mods, tuple) else (mods,)
         seg = config.params("segmentation")
-        if seg.get("workers", 0) == 0 and int(config.get("build", "workers")) > 1:
-            seg["workers"] = 1  # one thread per worker process: the processes use the cores
+        if seg.get("threads", 0) == 0 and int(config.get("build", "workers")) > 1:
+            seg["threads"] = 1  # one thread per worker process: the processes use the cores
         prep = config.params("preprocess")
         allow_one = bool(prep.pop("allow_one_lung"))
         ann = config.params("annotations")
