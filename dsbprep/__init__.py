@@ -44,6 +44,8 @@ _PUBLIC = {
     "export_grt123": "export",
     "export_npz": "export",
     "verify_dataset": "verify",
+    "BatchLoader": "loader",
+    "Batch": "loader",
     "LungMasks": "segment",
     "segment_lungs": "segment",
     "CaseData": "store",

@@ -34,7 +34,7 @@ DEFAULTS: dict[str, dict[str, str]] = {
         "scheduler": "",
         "max_pending": "4",
         "seed": "0",
-        "compression": "lzf",
+        "compression": "blosc-lz4",
         "chunks": "64, 64, 64",
         "sample_patients": "3",
         "sample_seed": "0",
