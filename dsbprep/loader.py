@@ -590,41 +590,16 @@ def save_patch_figure(
     n: int = _FIGURE_PATCHES,
     seed: int | None = None,
 ) -> Path:
-    """Save a PNG of ``n`` random augmented patches (image above, mask overlay below).
+    """Save a PNG of ``n`` random augmented patches with their masks (``dsbprep.viz``'s drawing).
 
     3-D patches show their middle axial slice. Cases and epochs are drawn with ``seed``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .viz import overlay_rgb
+    from .viz import save_patches_figure
 
     rng = np.random.default_rng(seed)
     picks = rng.choice(loader.indices, size=min(n, len(loader.indices)), replace=False)
     epoch = int(rng.integers(0, 2**31))
-    samples = [loader.sample(epoch, int(i)) for i in picks]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(2, len(samples), figsize=(4 * len(samples), 8.4), squeeze=False)
-    for col, s in enumerate(samples):
-        image, mask = s.image, s.mask
-        if image.ndim == 3:
-            image, mask = image[image.shape[0] // 2], mask[mask.shape[0] // 2]
-        axes[0, col].imshow(image, cmap="gray")
-        axes[0, col].set_title(f"{s.case_id} @ {tuple(int(v) for v in s.origin)}", fontsize=9)
-        axes[1, col].imshow(overlay_rgb(image, mask))
-        ops = ", ".join(
-            f"{p['name']} {p.get('axes', p.get('k', p.get('degrees')))}" for p in s.params
-        )
-        axes[1, col].set_title(ops or "no augmentation", fontsize=8)
-    for ax in axes.ravel():
-        ax.set_axis_off()
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return save_patches_figure([loader.sample(epoch, int(i)) for i in picks], path)
 
 
 def _parser() -> argparse.ArgumentParser:

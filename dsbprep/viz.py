@@ -1,4 +1,22 @@
-"""Drawing stored cases and patches (used by the build, the loader and the QA report).
+"""Drawing stored cases and patches: one set of functions for every figure dsbprep makes.
+
+The build's ``--print_random_image`` (:func:`save_case_figure`), the loader's
+``--print_random_image`` (:func:`save_patches_figure`) and the QA report
+(:func:`save_case_montage`, :func:`save_slices_figure`, ``python -m dsbprep.report``)
+all draw through :func:`draw_slice`: a grey image, each mask label as a faint fill
+**and a contour line** in its colour (green = label 1 = left lung, orange = label 2 =
+right lung), and nodule boxes in red.
+
+Display orientation
+-------------------
+Slices are shown in stored array order, never flipped: an axial slice has the x index
+increasing to the right and the y index increasing downwards. For a standard axial
+scan (``direction`` = identity: x index -> patient left, y index -> posterior) that is
+the usual radiological display: the patient's left lung appears on the image's
+**right**, anterior at the top. Coronal and sagittal views put z (superior) upwards.
+:func:`view_letters` computes the anatomical direction of each image edge from the
+case's ``direction``, and the figures print those letters on the edges of every
+3-D view, so a scan stored in another orientation is still read correctly.
 
 matplotlib is imported inside the functions, with the non-interactive Agg backend,
 so importing dsbprep never needs a display.
@@ -7,94 +25,764 @@ so importing dsbprep never needs a display.
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["overlay_rgb", "save_case_figure", "LABEL_COLOURS"]
+__all__ = [
+    "BOX_COLOUR",
+    "LABEL_COLOURS",
+    "LUNG_LABEL_NAMES",
+    "VIEWS",
+    "display_window",
+    "draw_slice",
+    "montage_slices",
+    "orientation_note",
+    "overlay_rgb",
+    "save_case_figure",
+    "save_case_montage",
+    "save_patches_figure",
+    "save_slices_figure",
+    "view_letters",
+    "view_plane",
+]
 
 #: RGB colour of each mask label (1 = left lung, 2 = right lung; other sources: label 1, 2, ...).
 LABEL_COLOURS = {1: (0.1, 0.8, 0.2), 2: (0.95, 0.55, 0.1), 3: (0.2, 0.5, 1.0), 4: (0.9, 0.2, 0.8)}
-#: Opacity of the mask overlay.
+#: Colour of labels beyond ``LABEL_COLOURS``.
+OTHER_LABEL_COLOUR = (1.0, 1.0, 0.0)
+#: Names of the labels of lung files (``docs/FORMAT.md``).
+LUNG_LABEL_NAMES = {1: "left lung", 2: "right lung"}
+#: Edge colour of nodule boxes.
+BOX_COLOUR = (0.95, 0.1, 0.1)
+#: Opacity of the filled overlay of :func:`overlay_rgb` (fill only, no contour).
 OVERLAY_ALPHA = 0.35
+#: Opacity of the faint fill drawn under each label's contour by :func:`draw_slice`.
+FILL_ALPHA = 0.18
+#: Line widths (points) of label contours and box edges.
+CONTOUR_WIDTH = 1.1
+BOX_WIDTH = 1.3
+#: Grey window of a display: these percentiles of the image (robust to a few outliers).
+DISPLAY_PERCENTILES = (0.5, 99.5)
+#: Longest tile title of a slice grid (characters): a 2.4-inch tile at font size 8.
+_TITLE_CHARS = 30
+#: At most this many voxels are read to compute a display window (a strided subsample).
+_WINDOW_SAMPLE = 2_000_000
+
+#: Index axis shown -> (name, (row axis, column axis), matplotlib origin). Coronal and
+#: sagittal views put z (superior for an axial scan) at the top.
+VIEWS = {
+    0: ("axial", (1, 2), "upper"),
+    1: ("coronal", (0, 2), "lower"),
+    2: ("sagittal", (0, 1), "lower"),
+}
+#: Anatomical letter of the positive and negative world (z, y, x) = (S, P, L) directions.
+_PLUS_LETTER = ("S", "P", "L")
+_MINUS_LETTER = ("I", "A", "R")
 
 
-def _to_unit(image: np.ndarray) -> np.ndarray:
-    image = image.astype(np.float32)
-    lo, hi = np.percentile(image, [0.5, 99.5]) if image.size else (0.0, 1.0)
-    return np.clip((image - lo) / max(float(hi - lo), 1e-6), 0, 1)
+def _plt():
+    """pyplot, on the non-interactive Agg backend unless pyplot was already set up.
+
+    A notebook (inline backend) or an application that imported pyplot keeps its backend:
+    figures are only saved to files here, never shown.
+    """
+    import matplotlib
+
+    if "matplotlib.pyplot" not in sys.modules:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
-def overlay_rgb(image: np.ndarray, mask: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
-    """Grey image (2-D) with the labels of ``mask`` blended in colour -> (y, x, 3) float in [0, 1]."""
-    grey = _to_unit(image)
+def display_window(
+    image: np.ndarray, percentiles: tuple[float, float] = DISPLAY_PERCENTILES
+) -> tuple[float, float]:
+    """Grey levels ``(lo, hi)`` shown as black and white: percentiles of ``image``.
+
+    Parameters
+    ----------
+    image : ndarray
+        Any shape; large arrays are subsampled (strided) first.
+    percentiles : (float, float)
+        Lower and upper percentile.
+
+    Returns
+    -------
+    (float, float)
+        ``hi > lo`` always (a constant image gets ``(v, v + 1)``).
+
+    Examples
+    --------
+    >>> display_window(np.arange(101), (0, 100))
+    (0.0, 100.0)
+    """
+    image = np.asarray(image)
+    if image.size == 0:
+        return 0.0, 1.0
+    step = max(1, int(np.ceil((image.size / _WINDOW_SAMPLE) ** (1 / max(image.ndim, 1)))))
+    sample = image[(slice(None, None, step),) * image.ndim]
+    lo, hi = (float(v) for v in np.percentile(sample, percentiles))
+    return (lo, hi) if hi > lo else (lo, lo + 1.0)
+
+
+def _to_unit(image: np.ndarray, window: tuple[float, float] | None = None) -> np.ndarray:
+    lo, hi = display_window(image) if window is None else window
+    return np.clip((image.astype(np.float32) - lo) / max(float(hi - lo), 1e-6), 0, 1)
+
+
+def _colour(label: int, colours: Mapping[int, tuple] | None = None) -> tuple[float, float, float]:
+    return tuple((colours or LABEL_COLOURS).get(int(label), OTHER_LABEL_COLOUR))
+
+
+def overlay_rgb(
+    image: np.ndarray,
+    mask: np.ndarray,
+    alpha: float = OVERLAY_ALPHA,
+    *,
+    window: tuple[float, float] | None = None,
+) -> np.ndarray:
+    """Grey image (2-D) with the labels of ``mask`` blended in colour.
+
+    Parameters
+    ----------
+    image, mask : ndarray (y, x)
+    alpha : float
+        Opacity of the label colours.
+    window : (lo, hi), optional
+        Grey levels shown black and white (default :func:`display_window` of ``image``).
+
+    Returns
+    -------
+    ndarray (y, x, 3) float in [0, 1]
+
+    Examples
+    --------
+    >>> rgb = overlay_rgb(np.zeros((2, 2)), np.array([[0, 1], [2, 0]]), alpha=1.0)
+    >>> bool(np.allclose(rgb[0, 1], LABEL_COLOURS[1])), rgb[0, 0].tolist()
+    (True, [0.0, 0.0, 0.0])
+    """
+    grey = _to_unit(np.asarray(image), window)
     rgb = np.repeat(grey[..., None], 3, axis=-1)
+    mask = np.asarray(mask)
     for label in np.unique(mask[mask > 0]):
-        colour = np.asarray(LABEL_COLOURS.get(int(label), (1.0, 1.0, 0.0)))
+        colour = np.asarray(_colour(label))
         sel = mask == label
         rgb[sel] = (1 - alpha) * rgb[sel] + alpha * colour
     return rgb
 
 
-def _boxes_on_slice(ax: Any, boxes: np.ndarray, axis: int, index: int) -> None:
+def view_plane(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
+    """The 2-D plane of ``volume`` (z, y, x) at ``index`` along ``axis``, rows/columns as in ``VIEWS``.
+
+    Examples
+    --------
+    >>> view_plane(np.arange(24).reshape(2, 3, 4), 1, 0).tolist()
+    [[0, 1, 2, 3], [12, 13, 14, 15]]
+    """
+    return np.take(np.asarray(volume), int(index), axis=int(axis))
+
+
+def view_letters(direction: np.ndarray | None, axis: int) -> dict[str, str]:
+    """Anatomical direction of each edge of the view along ``axis``, as :func:`draw_slice` shows it.
+
+    Parameters
+    ----------
+    direction : ndarray (3, 3), optional
+        Column k = world (z, y, x) unit vector of index axis k (identity when None).
+    axis : {0, 1, 2}
+        The index axis the view cuts (0 axial, 1 coronal, 2 sagittal).
+
+    Returns
+    -------
+    dict
+        ``{"left", "right", "top", "bottom"}`` -> one of S/I, A/P, R/L (the world axis
+        nearest to the image axis).
+
+    Examples
+    --------
+    >>> view_letters(None, 0)  # standard axial: radiological display
+    {'left': 'R', 'right': 'L', 'top': 'A', 'bottom': 'P'}
+    >>> view_letters(None, 1)
+    {'left': 'R', 'right': 'L', 'top': 'S', 'bottom': 'I'}
+    """
+    direction = np.eye(3) if direction is None else np.asarray(direction, float).reshape(3, 3)
+    _, (row, col), origin = VIEWS[int(axis)]
+
+    def letters(k: int) -> tuple[str, str]:
+        world = direction[:, k]
+        j = int(np.argmax(np.abs(world)))
+        plus, minus = _PLUS_LETTER[j], _MINUS_LETTER[j]
+        return (minus, plus) if world[j] > 0 else (plus, minus)  # (low index, high index)
+
+    col_low, col_high = letters(col)
+    row_low, row_high = letters(row)
+    top, bottom = (row_low, row_high) if origin == "upper" else (row_high, row_low)
+    return {"left": col_low, "right": col_high, "top": top, "bottom": bottom}
+
+
+def orientation_note(direction: np.ndarray | None, ndim: int = 3) -> str:
+    """One line for a figure legend: how the stored array is displayed, in anatomical terms.
+
+    Examples
+    --------
+    >>> orientation_note(None)[:60]
+    'Shown in stored array order (x index to the right): the pati'
+    """
+    if ndim == 2:
+        return "Shown in stored array order (x index to the right, y index down); no flips."
+    side = view_letters(direction, 0)["right"]
+    if side == "L":
+        convention = "the patient's LEFT is on the image's right (radiological convention)"
+    elif side == "R":
+        convention = "the patient's LEFT is on the image's left (neurological convention)"
+    else:
+        convention = f"the image's right is the patient's {side} side (not an axial x axis)"
+    return (
+        f"Shown in stored array order (x index to the right): {convention}; "
+        "coronal/sagittal with superior up. Letters mark each edge's direction."
+    )
+
+
+def _contours(mask2d: np.ndarray) -> list[np.ndarray]:
+    from skimage.measure import find_contours
+
+    # pad so that a label touching the border still gets a closed outline
+    padded = np.pad(mask2d.astype(np.uint8), 1)
+    return [c - 1 for c in find_contours(padded, 0.5)]
+
+
+def _boxes_in_view(ax: Any, boxes: np.ndarray, axis: int, index: int) -> int:
+    """Draw the boxes cut by plane ``index`` of ``axis``; returns how many were drawn."""
     from matplotlib.patches import Rectangle
 
-    other = [a for a in range(3) if a != axis]
-    for box in boxes:
-        centre, size = box[:3], np.maximum(box[3:6], 1)
+    _, (row, col), _ = VIEWS[axis]
+    drawn = 0
+    for box in np.asarray(boxes, float).reshape(-1, 8):
+        centre, size = box[:3], np.maximum(box[3:6], 1.0)
         if abs(index - centre[axis]) > size[axis] / 2:
             continue
-        (r, c) = other
-        ax.add_patch(Rectangle((centre[c] - size[c] / 2, centre[r] - size[r] / 2), size[c], size[r],
-                               fill=False, edgecolor="red", linewidth=1.2))
+        ax.add_patch(
+            Rectangle(
+                (centre[col] - size[col] / 2, centre[row] - size[row] / 2),
+                size[col],
+                size[row],
+                fill=False,
+                edgecolor=BOX_COLOUR,
+                linewidth=BOX_WIDTH,
+            )
+        )
+        drawn += 1
+    return drawn
 
 
-def save_case_figure(case: Any, path: str | os.PathLike) -> Path:
-    """Save a PNG of a stored case: axial, coronal and sagittal mid-planes with mask and boxes.
+def draw_slice(
+    ax: Any,
+    image: np.ndarray,
+    mask: np.ndarray | None = None,
+    *,
+    boxes: np.ndarray | None = None,
+    axis: int = 0,
+    index: int = 0,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    direction: np.ndarray | None = None,
+    window: tuple[float, float] | None = None,
+    letters: bool = True,
+    title: str | None = None,
+    colours: Mapping[int, tuple] | None = None,
+    fill_alpha: float = FILL_ALPHA,
+) -> int:
+    """Draw one plane: grey image, each label as faint fill plus contour, boxes; no axes.
 
-    For 3-D cases the axial slice goes through the first nodule box if any, else
-    through the middle of the mask. 2-D cases show the image and the overlay.
+    Parameters
+    ----------
+    ax : matplotlib Axes
+    image, mask : ndarray (rows, cols)
+        A plane from :func:`view_plane` (``mask`` optional, labels > 0 drawn).
+    boxes : ndarray (n, 8), optional
+        Boxes in the volume's voxel frame (``BOX_COLUMNS``); those cut by the plane are drawn.
+    axis, index : int
+        Which plane this is (index axis cut and position), for boxes, aspect and letters.
+    spacing : 3 floats
+        Voxel size (z, y, x) mm: the pixel aspect ratio follows it.
+    direction : ndarray (3, 3), optional
+        For the edge letters (see :func:`view_letters`).
+    window : (lo, hi), optional
+        Grey levels (default :func:`display_window` of ``image``).
+    letters : bool
+        Print the anatomical letters on the edges.
+    title : str, optional
+    colours : mapping, optional
+        Label -> RGB (default ``LABEL_COLOURS``).
+    fill_alpha : float
+        Opacity of the fill under the contours (0 = contours only).
+
+    Returns
+    -------
+    int
+        Number of boxes drawn.
     """
-    import matplotlib
+    name, (row, col), origin = VIEWS[int(axis)]
+    window = display_window(image) if window is None else window
+    aspect = float(spacing[row]) / float(spacing[col])
+    if mask is not None and fill_alpha > 0:
+        ax.imshow(
+            overlay_rgb(image, mask, fill_alpha, window=window),
+            origin=origin,
+            aspect=aspect,
+            interpolation="nearest",
+        )
+    else:
+        ax.imshow(
+            image,
+            cmap="gray",
+            vmin=window[0],
+            vmax=window[1],
+            origin=origin,
+            aspect=aspect,
+            interpolation="nearest",
+        )
+    if mask is not None:
+        for label in np.unique(mask[mask > 0]):
+            for c in _contours(mask == label):
+                ax.plot(c[:, 1], c[:, 0], color=_colour(label, colours), linewidth=CONTOUR_WIDTH)
+    n = _boxes_in_view(ax, boxes, int(axis), int(index)) if boxes is not None and len(boxes) else 0
+    ax.set_xlim(-0.5, image.shape[1] - 0.5)
+    ax.set_ylim((image.shape[0] - 0.5, -0.5) if origin == "upper" else (-0.5, image.shape[0] - 0.5))
+    if letters:
+        where = view_letters(direction, int(axis))
+        style = {
+            "color": "yellow",
+            "fontsize": 7,
+            "fontweight": "bold",
+            "transform": ax.transAxes,
+            "bbox": {"facecolor": "black", "alpha": 0.6, "pad": 1.0, "linewidth": 0},
+        }
+        ax.text(0.01, 0.5, where["left"], ha="left", va="center", **style)
+        ax.text(0.99, 0.5, where["right"], ha="right", va="center", **style)
+        ax.text(0.5, 0.99, where["top"], ha="center", va="top", **style)
+        ax.text(0.5, 0.01, where["bottom"], ha="center", va="bottom", **style)
+    if title:
+        ax.set_title(title, fontsize=8)
+    ax.set_axis_off()
+    return n
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    image, mask, boxes = case.image, case.mask, case.boxes
+def _legend(
+    fig: Any, labels: Sequence[int], names: Mapping[int, str] | None, note: str, boxes: bool
+) -> None:
+    from matplotlib.lines import Line2D
+
+    names = names or {}
+    handles = [
+        Line2D(
+            [],
+            [],
+            color=_colour(k),
+            linewidth=2,
+            label=f"{k}: {names[int(k)]}" if int(k) in names else f"label {k}",
+        )
+        for k in labels
+    ]
+    if boxes:
+        handles.append(Line2D([], [], color=BOX_COLOUR, linewidth=2, label="nodule box"))
+    if handles:
+        fig.legend(
+            handles=handles,
+            loc="lower left",
+            bbox_to_anchor=(0.0, 0.018),
+            ncol=len(handles),
+            fontsize=8,
+            frameon=False,
+        )
+    fig.text(0.01, 0.004, note, ha="left", va="bottom", fontsize=7)
+
+
+def _short(text: str, limit: int = _TITLE_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, keeping its end (where long UIDs differ)."""
+    if len(text) <= limit:
+        return text
+    if text.startswith("! "):  # the report's mark of a flagged case stays in front
+        return "! " + _short(text[2:], limit - 2)
+    return "..." + text[-(limit - 3) :]
+
+
+def _case_arrays(case: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    # CaseRecord reads the file on every attribute access: read each array once
+    return (
+        np.asarray(case.image),
+        np.asarray(case.mask),
+        np.asarray(case.boxes, float).reshape(-1, 8),
+    )
+
+
+def _label_names(case: Any) -> dict[int, str]:
+    meta = getattr(case, "meta", None) or {}
+    names = meta.get("labels") if isinstance(meta, dict) else None
+    if isinstance(names, dict):
+        return {int(k): str(v) for k, v in names.items()}
+    return dict(LUNG_LABEL_NAMES) if meta.get("source", "lung") in ("lung", "nrrd") else {}
+
+
+def _centre(
+    mask: np.ndarray, boxes: np.ndarray, shape: tuple[int, ...], label: int | None = None
+) -> np.ndarray:
+    """Voxel to cut the orthogonal views through: the first box, else a label's centroid."""
+    if len(boxes):
+        centre = boxes[0, :3]
+    else:
+        sel = (mask == label) if label is not None and (mask == label).any() else mask > 0
+        centre = np.argwhere(sel).mean(axis=0) if sel.any() else (np.array(shape) - 1) / 2
+    return np.clip(np.round(centre).astype(int), 0, np.array(shape) - 1)
+
+
+def montage_slices(mask: np.ndarray, boxes: np.ndarray | None = None, n: int = 12) -> list[int]:
+    """Axial slice indices for a montage: ``n`` spread over the mask's z extent, nodules included.
+
+    The slices are evenly spaced over the z range of the mask (the whole volume when the
+    mask is empty); the slice nearest to each box centre (at most ``n // 2`` boxes) then
+    replaces the nearest montage slice, so every nodule is shown.
+
+    Examples
+    --------
+    >>> m = np.zeros((100, 4, 4), np.uint8); m[20:80] = 1
+    >>> montage_slices(m, n=4)
+    [27, 42, 57, 72]
+    >>> montage_slices(m, np.array([[50, 2, 2, 5, 2, 2, 5, 1]]), n=4)
+    [27, 42, 50, 72]
+    """
+    nz = mask.shape[0]
+    n = max(1, min(int(n), nz))
+    zs = np.flatnonzero(np.asarray(mask).reshape(nz, -1).any(axis=1))
+    z0, z1 = (int(zs[0]), int(zs[-1])) if zs.size else (0, nz - 1)
+    picks = [int(round(z0 + (z1 - z0) * (k + 0.5) / n)) for k in range(n)]
+    if boxes is not None:
+        for box in np.asarray(boxes, float).reshape(-1, 8)[: n // 2]:
+            z = int(np.clip(round(box[0]), 0, nz - 1))
+            if z in picks:
+                continue
+            free = [i for i, p in enumerate(picks) if not _is_box_slice(p, boxes)]
+            if not free:
+                break
+            nearest = min(free, key=lambda i: abs(picks[i] - z))
+            picks[nearest] = z
+    return sorted(picks)
+
+
+def _is_box_slice(z: int, boxes: np.ndarray) -> bool:
+    boxes = np.asarray(boxes, float).reshape(-1, 8)
+    return bool(np.any(np.abs(z - boxes[:, 0]) <= np.maximum(boxes[:, 3], 1) / 2))
+
+
+def save_case_figure(case: Any, path: str | os.PathLike, *, dpi: int = 90) -> Path:
+    """Save a PNG of a stored case: axial, coronal and sagittal planes with contours and boxes.
+
+    The build's ``--print_random_image`` calls this. For 3-D cases the planes go through
+    the first nodule box if any, else through the centroid of the mask (the sagittal one
+    through label 1, the left lung, which the centroid of both lungs would miss). 2-D
+    cases show the image and the outlined mask.
+
+    Parameters
+    ----------
+    case : CaseRecord or alike
+        ``case_id``, ``image``, ``mask``, ``boxes``, ``spacing``, ``shape`` (``direction``
+        and ``meta`` optional).
+    path : path
+        PNG to write (folders are created).
+    dpi : int
+
+    Returns
+    -------
+    Path
+    """
+    plt = _plt()
+    image, mask, boxes = _case_arrays(case)
+    spacing = tuple(case.spacing)
+    direction = getattr(case, "direction", None)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    spacing = case.spacing
+    window = display_window(image)
+    labels = [int(v) for v in np.unique(mask[mask > 0])]
     if image.shape[0] == 1:
-        fig, axes = plt.subplots(1, 2, figsize=(8, 4.3))
-        axes[0].imshow(image[0], cmap="gray")
-        axes[0].set_title(f"{case.case_id}: image")
-        axes[1].imshow(overlay_rgb(image[0], mask[0]))
-        axes[1].set_title("mask overlay")
-        _boxes_on_slice(axes[1], boxes, 0, 0)
+        fig, axes = plt.subplots(1, 2, figsize=(8, 4.6))
+        draw_slice(
+            axes[0],
+            image[0],
+            None,
+            window=window,
+            letters=False,
+            spacing=spacing,
+            title=f"{case.case_id}: image",
+        )
+        draw_slice(
+            axes[1],
+            image[0],
+            mask[0],
+            boxes=boxes,
+            window=window,
+            letters=False,
+            spacing=spacing,
+            title="mask outlines",
+        )
+        note = orientation_note(direction, 2)
     else:
-        if len(boxes):
-            centre = np.round(boxes[0, :3]).astype(int)
-        elif mask.any():
-            centre = np.round(np.argwhere(mask).mean(axis=0)).astype(int)
-        else:
-            centre = np.array(image.shape) // 2
-        centre = np.clip(centre, 0, np.array(image.shape) - 1)
-        fig, axes = plt.subplots(1, 3, figsize=(13, 4.6))
-        views = [
-            ("axial", 0, image[centre[0]], mask[centre[0]], spacing[1] / spacing[2]),
-            ("coronal", 1, image[:, centre[1]], mask[:, centre[1]], spacing[0] / spacing[2]),
-            ("sagittal", 2, image[:, :, centre[2]], mask[:, :, centre[2]], spacing[0] / spacing[1]),
-        ]
-        for ax, (name, axis, img, msk, aspect) in zip(axes, views, strict=True):
-            ax.imshow(overlay_rgb(img, msk), aspect=aspect)
-            _boxes_on_slice(ax, boxes, axis, centre[axis])
-            ax.set_title(f"{name} {centre[axis]}")
-        fig.suptitle(f"{case.case_id}  shape {case.shape}  spacing "
-                     f"{tuple(round(s, 3) for s in spacing)} mm  (green = left, orange = right)")
-    for ax in np.ravel(axes):
-        ax.set_axis_off()
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
+        centre = _centre(mask, boxes, image.shape)
+        sag = _centre(mask, boxes, image.shape, label=1)
+        fig, axes = plt.subplots(1, 3, figsize=(13, 5.0))
+        for ax, axis in zip(axes, (0, 1, 2), strict=True):
+            index = int(sag[2] if axis == 2 else centre[axis])
+            draw_slice(
+                ax,
+                view_plane(image, axis, index),
+                view_plane(mask, axis, index),
+                boxes=boxes,
+                axis=axis,
+                index=index,
+                spacing=spacing,
+                direction=direction,
+                window=window,
+                title=f"{VIEWS[axis][0]} {'zyx'[axis]}={index}",
+            )
+        note = orientation_note(direction, 3)
+        fig.suptitle(
+            f"{case.case_id}  shape {tuple(case.shape)}  spacing "
+            f"{tuple(round(s, 3) for s in spacing)} mm",
+            fontsize=10,
+        )
+    _legend(fig, labels, _label_names(case), note, bool(len(boxes)))
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def save_case_montage(
+    case: Any,
+    path: str | os.PathLike,
+    *,
+    n_axial: int = 12,
+    columns: int = 6,
+    title: str | None = None,
+    dpi: int = 72,
+) -> Path:
+    """Save the QA report's PNG of a 3-D case: an axial montage plus one coronal and one sagittal view.
+
+    Parameters
+    ----------
+    case : CaseRecord or alike
+        As for :func:`save_case_figure`.
+    path : path
+        PNG to write.
+    n_axial : int
+        Axial slices in the montage (:func:`montage_slices`: spread over the lungs, every
+        nodule's centre slice included).
+    columns : int
+        Montage columns.
+    title : str, optional
+        Figure title (default: case id, shape and spacing).
+    dpi : int
+
+    Returns
+    -------
+    Path
+    """
+    plt = _plt()
+    image, mask, boxes = _case_arrays(case)
+    spacing = tuple(case.spacing)
+    direction = getattr(case, "direction", None)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    window = display_window(image)
+    zs = montage_slices(mask, boxes, n_axial)
+    rows = -(-len(zs) // columns)
+    fig = plt.figure(figsize=(2.3 * columns, 2.3 * rows + 5.5))
+    grid = fig.add_gridspec(rows + 1, columns, height_ratios=[1.0] * rows + [2.4])
+    for k, z in enumerate(zs):
+        ax = fig.add_subplot(grid[k // columns, k % columns])
+        mark = " nodule" if len(boxes) and _is_box_slice(z, boxes) else ""
+        draw_slice(
+            ax,
+            image[z],
+            mask[z],
+            boxes=boxes,
+            axis=0,
+            index=z,
+            spacing=spacing,
+            direction=direction,
+            window=window,
+            title=f"axial z={z}{mark}",
+        )
+    centre = _centre(mask, boxes, image.shape)
+    sag = _centre(mask, boxes, image.shape, label=1)
+    half = columns // 2
+    for axis, index, cols in (
+        (1, int(centre[1]), slice(0, half)),
+        (2, int(sag[2]), slice(half, columns)),
+    ):
+        ax = fig.add_subplot(grid[rows, cols])
+        draw_slice(
+            ax,
+            view_plane(image, axis, index),
+            view_plane(mask, axis, index),
+            boxes=boxes,
+            axis=axis,
+            index=index,
+            spacing=spacing,
+            direction=direction,
+            window=window,
+            title=f"{VIEWS[axis][0]} {'zyx'[axis]}={index}",
+        )
+    labels = [int(v) for v in np.unique(mask[mask > 0])]
+    fig.suptitle(
+        title
+        or f"{case.case_id}  shape {tuple(case.shape)}  spacing "
+        f"{tuple(round(s, 3) for s in spacing)} mm",
+        fontsize=10,
+    )
+    _legend(fig, labels, _label_names(case), orientation_note(direction, 3), bool(len(boxes)))
+    fig.tight_layout(rect=(0, 0.05, 1, 0.97))
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def save_slices_figure(
+    cases: Sequence[Any],
+    path: str | os.PathLike,
+    *,
+    columns: int = 6,
+    titles: Sequence[str] | None = None,
+    dpi: int = 72,
+) -> Path:
+    """Save a grid of 2-D cases (one slice each) with their mask outlines and boxes.
+
+    The QA report's view of 2-D files (contours, rle sources).
+
+    Parameters
+    ----------
+    cases : sequence of CaseRecord or alike
+        2-D cases (``image`` of shape (1, y, x)); a 3-D case shows its middle slice.
+    path : path
+        PNG to write.
+    columns : int
+        Tiles per row.
+    titles : sequence of str, optional
+        One title per tile (default: the case ids).
+    dpi : int
+
+    Returns
+    -------
+    Path
+    """
+    plt = _plt()
+    if not cases:
+        raise ValueError(f"{path}: no cases to draw")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = max(1, min(int(columns), len(cases)))
+    rows = -(-len(cases) // columns)
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(2.4 * columns, 2.5 * rows + 0.5), squeeze=False
+    )
+    labels: set[int] = set()
+    names: dict[int, str] = {}
+    any_boxes = False
+    for k, ax in enumerate(axes.ravel()):
+        if k >= len(cases):
+            ax.set_axis_off()
+            continue
+        case = cases[k]
+        image, mask, boxes = _case_arrays(case)
+        z = image.shape[0] // 2
+        labels |= {int(v) for v in np.unique(mask[mask > 0])}
+        names.update(_label_names(case))
+        any_boxes |= bool(len(boxes))
+        draw_slice(
+            ax,
+            image[z],
+            mask[z],
+            boxes=boxes,
+            axis=0,
+            index=z,
+            spacing=tuple(case.spacing),
+            letters=False,
+            title=_short(titles[k] if titles else str(case.case_id)),
+        )
+    _legend(fig, sorted(labels), names, orientation_note(None, 2), any_boxes)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def save_patches_figure(samples: Sequence[Any], path: str | os.PathLike, *, dpi: int = 80) -> Path:
+    """Save augmented training patches: the image above, the outlined mask and boxes below.
+
+    The loader's ``--print_random_image`` figure. 3-D patches show their middle axial slice.
+
+    Parameters
+    ----------
+    samples : sequence of :class:`dsbprep.loader.Sample` or alike
+        ``image``, ``mask`` ((z, y, x) or (y, x)), ``boxes`` (patch frame), ``case_id``,
+        ``origin`` and ``params`` (the augmentation parameters, shown as the title).
+    path : path
+        PNG to write.
+    dpi : int
+
+    Returns
+    -------
+    Path
+    """
+    plt = _plt()
+    if not samples:
+        raise ValueError(f"{path}: no patches to draw")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(2, len(samples), figsize=(4 * len(samples), 8.6), squeeze=False)
+    labels: set[int] = set()
+    for col, s in enumerate(samples):
+        image, mask = np.asarray(s.image), np.asarray(s.mask)
+        boxes = np.asarray(getattr(s, "boxes", np.zeros((0, 8))), float).reshape(-1, 8)
+        if image.ndim == 3:
+            z = image.shape[0] // 2
+            image, mask = image[z], mask[z]
+        else:  # a 2-D patch: boxes are drawn on "slice 0" of a one-slice frame
+            z = 0
+            boxes = boxes.copy()
+            boxes[:, 0] = 0
+        window = display_window(image)
+        labels |= {int(v) for v in np.unique(mask[mask > 0])}
+        origin = tuple(int(v) for v in np.ravel(getattr(s, "origin", ())))
+        draw_slice(
+            axes[0, col], image, None, window=window, letters=False, title=f"{s.case_id} @ {origin}"
+        )
+        ops = ", ".join(
+            f"{p.get('name')} {p.get('axes', p.get('k', p.get('degrees')))}"
+            for p in getattr(s, "params", []) or []
+        )
+        draw_slice(
+            axes[1, col],
+            image,
+            mask,
+            boxes=boxes,
+            axis=0,
+            index=z,
+            window=window,
+            letters=False,
+            title=ops or "no augmentation",
+        )
+    _legend(
+        fig,
+        sorted(labels),
+        None,
+        "Patches after augmentation (flips/rotations change the orientation); middle axial slice.",
+        False,
+    )
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
