@@ -26,6 +26,7 @@ _PUBLIC = {
     "SegmentationError": "errors",
     "DatasetFormatError": "errors",
     "MaskSourceError": "errors",
+    "StorageFullError": "errors",
     "Scan": "dicom",
     "load_scan": "dicom",
     "list_series": "dicom",

@@ -6,6 +6,21 @@ default, or a dask.distributed cluster) and finished cases stream back to it.
 A case that fails is recorded with its reason and the build goes on. Re-running
 on the same output resumes: cases already stored (same id, same input
 fingerprint) are skipped; ``--rebuild`` processes them again.
+
+Worker processes that die (SIGKILL, the out-of-memory killer) do not stop the
+build: the cases that were in flight in the broken pool are retried alone, one
+at a time, in a fresh pool, and a case that kills its worker twice while
+running alone is recorded as failed ("worker process died: killed or out of
+memory") while the build goes on. A full disk or a file
+size limit stops the build with :class:`dsbprep.store.StorageFullError` (exit
+status 2); the cases stored before it stay intact. See docs/RELIABILITY.md.
+
+Test hook (fault injection, used by tests/test_reliability.py): when the
+environment variable ``DSBPREP_TEST_KILL_CASES`` holds a comma-separated list
+of case ids, the process running one of those cases SIGKILLs itself at the
+start of the case, every time; an id written ``ID:once`` does it only the first
+time (a marker file ``ID.killed`` in the folder ``DSBPREP_TEST_KILL_ONCE_DIR``
+remembers it). Never set these outside tests.
 """
 
 from __future__ import annotations
@@ -14,9 +29,12 @@ import argparse
 import json
 import logging
 import os
+import re
+import signal
 import sys
 import time
 import traceback
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +46,7 @@ from .config import Config, load_config
 from .errors import DsbprepError
 from .sources import Task, get_source
 from .splits import assign_split
-from .store import CaseData, DatasetWriter
+from .store import CaseData, DatasetWriter, StorageFullError
 
 __all__ = ["BuildReport", "run_build", "main"]
 
@@ -53,8 +71,36 @@ class BuildReport:
                 f"failed {len(self.failed)} in {self.seconds:.1f} s")
 
 
+#: Test hook: comma-separated case ids whose process SIGKILLs itself (see the module docstring).
+KILL_CASES_ENV = "DSBPREP_TEST_KILL_CASES"
+#: Test hook: folder of the marker files of the ``ID:once`` entries.
+KILL_ONCE_DIR_ENV = "DSBPREP_TEST_KILL_ONCE_DIR"
+#: Reason recorded for a case whose worker process died on both tries.
+WORKER_DIED = "worker process died: killed or out of memory"
+#: Seconds an idle loky worker waits for work before exiting (joblib's default).
+_IDLE_WORKER_TIMEOUT_S = 300
+#: Environment variables that size the thread pools of numerical libraries in workers.
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+def _fault_injection(case_id: str) -> None:
+    """Test hook: SIGKILL this process when ``case_id`` is listed in ``DSBPREP_TEST_KILL_CASES``."""
+    listed = os.environ.get(KILL_CASES_ENV, "").split(",")
+    if f"{case_id}:once" in listed:
+        marker = Path(os.environ[KILL_ONCE_DIR_ENV]) / f"{case_id}.killed"
+        try:
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return
+    elif case_id not in listed:
+        return
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _run_task(source: Any, task: Task) -> tuple[Task, CaseData | None, str]:
     """Worker entry point: never raises for a bad case, returns (task, case, error)."""
+    _fault_injection(task.case_id)
     try:
         case = source.process(task)
         return task, case, ""
@@ -72,32 +118,117 @@ def _results_inline(source: Any, tasks: list[Task]) -> Iterator[tuple[Task, Case
         yield _run_task(source, task)
 
 
+def _loky_executor(workers: int) -> Any:
+    """The process pool (loky's reusable executor: a fresh one if the last one broke)."""
+    from joblib.externals.loky import cpu_count, get_reusable_executor
+
+    threads = str(max(cpu_count() // workers, 1))
+    env = {var: os.environ.get(var, threads) for var in _THREAD_VARS}
+    return get_reusable_executor(max_workers=workers, timeout=_IDLE_WORKER_TIMEOUT_S, env=env)
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def _death_note(err: BaseException) -> str:
+    """Short description of a broken pool: loky's worker exit codes when it gives them."""
+    codes = re.search(r"exit codes of the workers are (\{.*?\})", str(err))
+    return f"worker exit codes {codes.group(1)}" if codes else _first_line(err)
+
+
 def _results_loky(source: Any, tasks: list[Task], workers: int,
                   max_pending: int) -> Iterator[tuple[Task, CaseData | None, str]]:
-    from joblib import Parallel, delayed
+    """Run tasks in a loky process pool; survive worker processes that die.
 
-    parallel = Parallel(n_jobs=workers, backend="loky", return_as="generator_unordered",
-                        pre_dispatch=str(max(workers, max_pending)))
-    yield from parallel(delayed(_run_task)(source, t) for t in tasks)
+    When a worker dies, loky breaks the whole pool: every case in flight fails with
+    ``TerminatedWorkerError`` (a ``BrokenProcessPool``), not only the one whose worker
+    died, and which one it was is not known. Those cases are retried after the others,
+    alone, one at a time, in a fresh pool, where a death is the case's own doing. A case
+    whose worker dies twice while it runs alone (once, if it was alone when the pool
+    first broke) is recorded as failed (:data:`WORKER_DIED`) and the build goes on.
+    """
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    from joblib.externals.loky.process_executor import BrokenProcessPool
+
+    queue = deque(tasks)
+    in_flight: dict[Any, Task] = {}
+    suspects: deque[Task] = deque()
+    deaths: dict[str, int] = {}  # deaths of a worker running the case alone
+    limit = max(workers, max_pending)
+    try:
+        while queue or in_flight:
+            while queue and len(in_flight) < limit:
+                task = queue.popleft()
+                try:
+                    in_flight[_loky_executor(workers).submit(_run_task, source, task)] = task
+                except (BrokenProcessPool, RuntimeError) as err:  # the pool broke meanwhile
+                    logger.warning("case %s not submitted (%s); it will be retried", task.case_id,
+                                   _first_line(err))
+                    suspects.append(task)
+            if not in_flight:
+                continue
+            alone = len(in_flight) == 1
+            done, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
+            for future in done:
+                task = in_flight.pop(future)
+                try:
+                    result = future.result()
+                except BrokenProcessPool as err:
+                    logger.warning("case %s: a worker process died (%s); the case will be retried",
+                                   task.case_id, _death_note(err))
+                    deaths[task.case_id] = int(alone)
+                    suspects.append(task)
+                    continue
+                yield result
+        while suspects:  # alone, one at a time: a death now is the case's own
+            task = suspects.popleft()
+            try:
+                result = _loky_executor(workers).submit(_run_task, source, task).result()
+            except BrokenProcessPool as err:
+                deaths[task.case_id] = deaths.get(task.case_id, 0) + 1
+                if deaths[task.case_id] < 2:
+                    logger.warning("case %s: its worker process died (%s); retrying it once more",
+                                   task.case_id, _death_note(err))
+                    suspects.append(task)
+                    continue
+                logger.error("case %s: its worker process died again (%s)", task.case_id, _death_note(err))
+                result = (task, None, f"{task.case_id}: {WORKER_DIED} (twice; {_death_note(err)})")
+            yield result
+    finally:
+        for future in in_flight:  # the consumer stopped early (e.g. the disk is full)
+            future.cancel()
 
 
 def _results_dask(source: Any, tasks: list[Task], scheduler: str,
                   max_pending: int) -> Iterator[tuple[Task, CaseData | None, str]]:
     try:
-        from dask.distributed import Client, as_completed
+        from dask.distributed import Client, KilledWorker, as_completed
     except ImportError as err:
         raise ImportError("the dask backend needs the 'dask' extra: pip install 'dsbprep[dask]'") from err
     with Client(scheduler) as client:
         pending = iter(tasks)
         futures = as_completed()
+        submitted: dict[str, Task] = {}
+
+        def submit(task: Task) -> None:
+            future = client.submit(_run_task, source, task, pure=False)
+            submitted[future.key] = task
+            futures.add(future)
+
         for task in [t for _, t in zip(range(max_pending), pending, strict=False)]:
-            futures.add(client.submit(_run_task, source, task, pure=False))
+            submit(task)
         for future in futures:
-            result = future.result()
+            task = submitted.pop(future.key)
+            try:
+                result = future.result()
+            except KilledWorker as err:  # dask retried it on other workers already
+                result = (task, None, f"{task.case_id}: {WORKER_DIED} (dask: {_first_line(err)})")
             future.release()
             nxt = next(pending, None)
             if nxt is not None:
-                futures.add(client.submit(_run_task, source, nxt, pure=False))
+                submit(nxt)
             yield result
 
 
@@ -197,6 +328,8 @@ def run_build(
                 if case is not None:
                     try:
                         writer.append(case)
+                    except StorageFullError:
+                        raise  # not the case's fault: stop; the cases stored before stay intact
                     except (ValueError, DsbprepError) as err:
                         case, error = None, f"{task.case_id}: cannot store: {err}"
                 if case is not None:
@@ -250,6 +383,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rebuild", action="store_true", help="process cases again even if already stored")
     p.add_argument("--report", default=None,
                    help="write the build report as JSON to this file ('' for none; default [paths] report)")
+    p.add_argument("--strict", action="store_true",
+                   help="exit with status 1 when any case failed (default: 0 once the build ran)")
     p.add_argument("--print_random_image", action="store_true",
                    help="unit test: print a random stored case and save a PNG of it with its mask")
     p.add_argument("--figure", default=None, help="PNG path for --print_random_image")
@@ -260,7 +395,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status (0 when the build ran)."""
+    """Command-line entry point; returns the exit status.
+
+    0 when the build ran (failed cases are listed in the summary and the report), 1 with
+    ``--strict`` when any case failed, 2 when the build could not run or stopped (bad
+    configuration, missing input folder, disk full: the message names the file).
+    """
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
@@ -294,8 +434,15 @@ def main(argv: list[str] | None = None) -> int:
         except DsbprepError as err:
             print(f"dsbprep.build: error: {err}", file=sys.stderr)
             return 2
-    return 0
+    return 1 if args.strict and report.failed else 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    _status = main()
+    from .store import FILES_LEFT_OPEN
+
+    if FILES_LEFT_OPEN:  # HDF5 would crash at exit trying to flush a file it cannot write
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_status)
+    raise SystemExit(_status)

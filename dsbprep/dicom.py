@@ -67,7 +67,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.pixels import apply_modality_lut
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
@@ -134,6 +134,7 @@ _INT16 = np.iinfo(np.int16)
 #: Exceptions pydicom (or our tag parsing) raises on malformed files.
 _READ_ERRORS = (
     InvalidDicomError,
+    BytesLengthException,  # a numeric value of the wrong length (found by tests/test_fuzz.py)
     OSError,
     EOFError,
     ValueError,
@@ -1083,6 +1084,12 @@ def _lut_key(h: _Header) -> tuple:
     return ("lut", str(h.path)) if h.lut_ds is not None else ("rescale", h.slope, h.intercept)
 
 
+#: Largest |RescaleSlope| and |RescaleIntercept| applied in exact int64 arithmetic: with 32-bit
+#: stored values the product stays below 2**63. Larger (hostile) values take the float path
+#: and are clipped to int16 like any other (found by tests/test_fuzz.py).
+_EXACT_RESCALE_LIMIT = 2**30
+
+
 def _to_hu(raw: np.ndarray, ordered: Sequence[_Header], notes: _Notes, root: Path) -> np.ndarray:
     """Apply each slice's modality LUT; return int16 HU (``raw`` is reused when it is int16).
 
@@ -1101,6 +1108,7 @@ def _to_hu(raw: np.ndarray, ordered: Sequence[_Header], notes: _Notes, root: Pat
         h = ordered[idx[0]]
         integer = (
             key[0] == "rescale" and float(h.slope).is_integer() and float(h.intercept).is_integer()
+            and abs(h.slope) <= _EXACT_RESCALE_LIMIT and abs(h.intercept) <= _EXACT_RESCALE_LIMIT
         )
         if integer and raw is hu and h.slope == 1 and len(idx) == len(ordered):
             intercept = int(h.intercept)

@@ -13,6 +13,7 @@ __all__ = [
     "SegmentationError",
     "DatasetFormatError",
     "MaskSourceError",
+    "StorageFullError",
 ]
 
 
@@ -37,3 +38,11 @@ class DatasetFormatError(DsbprepError):
 
 class MaskSourceError(DsbprepError):
     """A mask source (contour file, RLE CSV row, label NRRD) is malformed."""
+
+
+class StorageFullError(DsbprepError, OSError):
+    """The dataset file cannot grow: no space left on the device, a file size limit, a quota.
+
+    Raised before anything of the case is written when the space reservation fails, so
+    every case stored before stays intact; the message names the file.
+    """

@@ -17,6 +17,11 @@ only ever trust rows of ``/index``: a half-written case has no row and is
 invisible. The next writer reuses (and first trims) the space after the last
 committed row.
 
+A full disk never damages the file: before writing a case the writer reserves
+(``posix_fallocate``) the most space the case can take, so "no space left" or a
+file size limit is met before any HDF5 write and raises :class:`StorageFullError`
+with the file intact. See docs/RELIABILITY.md.
+
 Examples
 --------
 >>> import numpy as np, tempfile, os
@@ -33,12 +38,15 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import fcntl
 import glob
 import hashlib
 import json
 import logging
 import os
+import re
+import struct
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -50,7 +58,7 @@ import hdf5plugin
 import numpy as np
 
 from ._version import __version__
-from .errors import DatasetFormatError
+from .errors import DatasetFormatError, StorageFullError
 
 __all__ = [
     "FORMAT_VERSION",
@@ -62,6 +70,7 @@ __all__ = [
     "CaseData",
     "CaseRecord",
     "DatasetWriter",
+    "StorageFullError",
     "DsbDataset",
     "open_dataset",
     "case_checksum",
@@ -125,6 +134,74 @@ DEFAULT_SLICE_CHUNKS = (1, 128, 128)
 DEFAULT_CACHE_BYTES = 64 * 1024**2
 #: Slots of the chunk hash table; a prime about 100x the number of cached chunks.
 DEFAULT_CACHE_SLOTS = 100_003
+
+
+#: errno values that mean "the file cannot grow": no space, file too large (RLIMIT_FSIZE), quota.
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
+#: Extra bytes reserved per append for HDF5's own metadata (chunk index, object headers,
+#: superblock): a few KiB in practice, so 1 MiB leaves a wide margin.
+RESERVE_MARGIN_BYTES = 2**20
+#: Worst-case growth of a chunk by compression (lzf/deflate/blosc add < 1 % to data that
+#: does not compress).
+_COMPRESSION_SLACK = 1.01
+#: h5py reports HDF5 write failures as RuntimeError/OSError whose text holds "errno = N".
+_ERRNO_IN_TEXT = re.compile(r"errno\s*=\s*(\d+)")
+
+
+#: Files whose HDF5 close failed after a failed write: the HDF5 library still holds them and
+#: may crash while shutting down at interpreter exit (see ``python -m dsbprep.build``).
+FILES_LEFT_OPEN: list[str] = []
+
+
+def _storage_errno(err: BaseException) -> int | None:
+    """The errno of ``err`` when it means "the file cannot grow", else None."""
+    number = getattr(err, "errno", None)
+    if number in _FULL_ERRNOS:
+        return number
+    for match in _ERRNO_IN_TEXT.finditer(str(err)):
+        if int(match.group(1)) in _FULL_ERRNOS:
+            return int(match.group(1))
+    return None
+
+
+def _chunked_nbytes(shape: tuple[int, ...], chunks: tuple[int, ...], itemsize: int) -> int:
+    """Bytes of all the chunks an array of ``shape`` written at a chunk corner touches."""
+    n = itemsize
+    for size, chunk in zip(shape, chunks, strict=True):
+        n *= -(-int(size) // int(chunk)) * int(chunk)
+    return n
+
+
+def _superblock_eof(path: str) -> int | None:
+    """End-of-file address stored in a version 2/3 HDF5 superblock at offset 0 (else None)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(48)
+    except OSError:
+        return None
+    if len(head) < 48 or head[:8] != b"\x89HDF\r\n\x1a\n" or head[8] not in (2, 3) or head[9] != 8:
+        return None
+    base, _ext, eof = struct.unpack_from("<QQQ", head, 12)
+    return base + eof
+
+
+def _fit_to_superblock(path: str) -> None:
+    """Make the file exactly as long as its superblock says.
+
+    Longer: drops the unused space reserved for appends. Shorter (a write failed after
+    HDF5 had recorded the new end of file): extends it with zeros (sparse), so HDF5 opens
+    it again; nothing committed lives in that tail, and ``dsbprep.verify`` proves it.
+    Call only while holding the writer lock.
+    """
+    eof = _superblock_eof(path)
+    if eof is None:
+        return
+    size = os.path.getsize(path)
+    if size != eof:
+        if size < eof:
+            logger.warning("%s: %d bytes short of its recorded end (a write failed); zero-filling the "
+                           "tail: run `python -m dsbprep.verify` on it", path, eof - size)
+        os.truncate(path, eof)
 
 
 def _compression_kwargs(name: str, itemsize: int) -> dict[str, Any]:
@@ -329,7 +406,7 @@ class DatasetWriter:
         *,
         image_dtype: str = "uint8",
         chunks: tuple[int, int, int] | None = None,
-        compression: str = "lzf",
+        compression: str = "blosc-lz4",
         kind: str = "volume",
         pad_value: float = 0,
         attrs: Mapping[str, Any] | None = None,
@@ -337,6 +414,9 @@ class DatasetWriter:
         self.path = os.fspath(path)
         if kind not in ("volume", "slices"):
             raise ValueError(f"kind must be 'volume' or 'slices', got {kind!r}")
+        #: Reserve each case's worst-case size on disk before writing it (see StorageFullError).
+        self.reserve_space = True
+        self._broken = False
         self._lock = _WriterLock(self.path)
         self._lock.acquire()
         try:
@@ -392,10 +472,13 @@ class DatasetWriter:
             f.create_dataset("index", shape=(0,), maxshape=(None,), chunks=(64,), dtype=INDEX_DTYPE)
         os.replace(tmp, self.path)  # atomic: a crash leaves no half-created file under the real name
 
-    def _open_existing(self) -> None:
+    def _open_existing(self, *, refilled: bool = False) -> None:
         try:
             f = h5py.File(self.path, "a", libver="latest")
         except OSError as err:
+            if "truncated file" in str(err) and not refilled:  # a write failed after HDF5 grew the file
+                _fit_to_superblock(self.path)  # we hold the lock: no writer is alive
+                return self._open_existing(refilled=True)
             if "consistency flags" not in str(err) and "already open" not in str(err):
                 raise DatasetFormatError(f"{self.path}: cannot open for writing: {err}") from err
             _clear_status_flags(self.path)  # we hold the lock: the flag's writer is dead
@@ -452,9 +535,57 @@ class DatasetWriter:
             if row["status"] == STATUS_OK
         }
 
+    # -- disk space ------------------------------------------------------------
+    @contextlib.contextmanager
+    def _writing(self, case_id: str, nbytes: int) -> Iterator[None]:
+        """Reserve ``nbytes`` (+ margin) at the end of the file, then run the writes.
+
+        A failed reservation raises :class:`StorageFullError` before anything is written.
+        A write that fails for lack of space anyway (a filesystem that does not honour the
+        reservation) also raises it, and the writer refuses further appends.
+        """
+        if self._broken:
+            raise StorageFullError(f"{self.path}: an earlier write failed for lack of space; "
+                                   "close the writer and run the build again")
+        nbytes += RESERVE_MARGIN_BYTES
+        if self.reserve_space:
+            self._reserve(case_id, nbytes)
+        try:
+            yield
+        except (OSError, RuntimeError) as err:
+            number = _storage_errno(err)
+            if number is None:
+                raise
+            self._broken = True
+            raise StorageFullError(self._full_message(case_id, nbytes, number)) from err
+
+    def _reserve(self, case_id: str, nbytes: int) -> None:
+        handle = self.file.id.get_vfd_handle()
+        if not isinstance(handle, int):
+            return
+        try:
+            os.posix_fallocate(handle, self.file.id.get_filesize(), nbytes)
+        except OSError as err:
+            if err.errno in _FULL_ERRNOS:
+                raise StorageFullError(self._full_message(case_id, nbytes, err.errno)) from err
+            logger.debug("%s: cannot reserve space (%s); writing without a reservation", self.path, err)
+
+    def _meta_nbytes(self, blob: np.ndarray) -> int:
+        """Worst case for appending ``blob`` to ``/meta``: its chunks plus the rewritten last one."""
+        chunk = self.file["meta"].chunks
+        return _chunked_nbytes((blob.size + chunk[0],), chunk, 1)
+
+    def _full_message(self, case_id: str, nbytes: int, number: int) -> str:
+        return (
+            f"no space left / file size limit while writing {self.path}: "
+            f"{os.strerror(number)} (errno {number}) when storing case {case_id!r} (up to "
+            f"{nbytes / 2**20:.1f} MiB); the cases stored before it are intact - free space "
+            "and run the build again to resume"
+        )
+
     # -- appending -------------------------------------------------------------
-    def _append_meta(self, meta: Mapping[str, Any]) -> tuple[int, int]:
-        blob = np.frombuffer(json.dumps(meta, default=_json_default, sort_keys=True).encode(), np.uint8)
+    def _append_meta(self, meta: Mapping[str, Any] | np.ndarray) -> tuple[int, int]:
+        blob = meta if isinstance(meta, np.ndarray) else _meta_blob(meta)
         ds = self.file["meta"]
         start = ds.shape[0]
         ds.resize(start + blob.size, axis=0)
@@ -481,12 +612,27 @@ class DatasetWriter:
             )
         if min(image.shape) < 1:
             raise ValueError(f"case {case.case_id!r}: empty image {image.shape}")
-        images, masks = self.file["images"], self.file["masks"]
+        images = self.file["images"]
         if image.dtype != images.dtype:
             if not np.can_cast(image.dtype, images.dtype, "same_kind"):
                 raise ValueError(f"case {case.case_id!r}: image dtype {image.dtype} vs file {images.dtype}")
             image = image.astype(images.dtype)
         mask = mask.astype(np.uint8, copy=False)
+        boxes = np.asarray(case.boxes, np.float32).reshape(-1, len(BOX_COLUMNS))
+        meta = dict(case.meta)
+        if "foreground" not in meta:
+            meta["foreground"] = foreground_points(mask)
+        blob = _meta_blob(meta)
+        chunks = images.chunks or self.chunks
+        nbytes = int(_COMPRESSION_SLACK * (_chunked_nbytes(image.shape, chunks, images.dtype.itemsize)
+                                           + _chunked_nbytes(image.shape, chunks, 1))) \
+            + self._meta_nbytes(blob) + boxes.nbytes
+        with self._writing(case.case_id, nbytes):
+            self._append_case(case, image, mask, boxes, blob)
+
+    def _append_case(self, case: CaseData, image: np.ndarray, mask: np.ndarray, boxes: np.ndarray,
+                     blob: np.ndarray) -> None:
+        images, masks = self.file["images"], self.file["masks"]
         nz, ny, nx = image.shape
         z0 = _align(self._z_end, self.chunks[0])
         new_shape = (z0 + nz, max(images.shape[1], ny), max(images.shape[2], nx))
@@ -496,15 +642,11 @@ class DatasetWriter:
             ds.resize(new_shape)
         images[z0 : z0 + nz, :ny, :nx] = image
         masks[z0 : z0 + nz, :ny, :nx] = mask
-        boxes = np.asarray(case.boxes, np.float32).reshape(-1, len(BOX_COLUMNS))
         bstart = self.file["boxes"].shape[0]
         if len(boxes):
             self.file["boxes"].resize(bstart + len(boxes), axis=0)
             self.file["boxes"][bstart:] = boxes
-        meta = dict(case.meta)
-        if "foreground" not in meta:
-            meta["foreground"] = foreground_points(mask)
-        mstart, mlen = self._append_meta(meta)
+        mstart, mlen = self._append_meta(blob)
         row = np.zeros((), INDEX_DTYPE)
         row["case_id"] = _encode_id(case.case_id)
         row["status"] = STATUS_OK
@@ -533,7 +675,12 @@ class DatasetWriter:
 
     def append_failure(self, case_id: str, reason: str, *, source_hash: str = "", meta: Mapping | None = None) -> None:
         """Record that ``case_id`` failed with ``reason`` (no arrays)."""
-        mstart, mlen = self._append_meta({**(meta or {}), "error": reason})
+        blob = _meta_blob({**(meta or {}), "error": reason})
+        with self._writing(case_id, self._meta_nbytes(blob)):
+            self._append_failure(case_id, blob, source_hash)
+
+    def _append_failure(self, case_id: str, blob: np.ndarray, source_hash: str) -> None:
+        mstart, mlen = self._append_meta(blob)
         row = np.zeros((), INDEX_DTYPE)
         row["case_id"] = _encode_id(case_id)
         row["status"] = STATUS_FAILED
@@ -552,7 +699,16 @@ class DatasetWriter:
         """Flush and close the file and release the writer lock."""
         try:
             if getattr(self, "file", None) is not None and self.file.id.valid:
-                self.file.close()
+                if self._broken:  # HDF5 cannot flush what it could not write: do not raise again
+                    try:
+                        self.file.close()
+                    except (OSError, RuntimeError) as err:
+                        logger.warning("%s: closing after a failed write: %s", self.path, err)
+                        FILES_LEFT_OPEN.append(self.path)
+                else:
+                    self.file.close()
+            with contextlib.suppress(OSError):  # drop the reserved tail (or refill a short file)
+                _fit_to_superblock(self.path)
         finally:
             self._lock.release()
 
@@ -568,6 +724,11 @@ def _encode_id(case_id: str) -> bytes:
     if len(raw) > _ID_BYTES or not raw:
         raise ValueError(f"case id {case_id!r} must be 1..{_ID_BYTES} UTF-8 bytes")
     return raw
+
+
+def _meta_blob(meta: Mapping[str, Any]) -> np.ndarray:
+    """A case's meta as UTF-8 JSON bytes (uint8), the way ``/meta`` stores it."""
+    return np.frombuffer(json.dumps(meta, default=_json_default, sort_keys=True).encode(), np.uint8)
 
 
 def _json_default(obj: Any) -> Any:
@@ -644,6 +805,12 @@ class DsbDataset:
             self.file = h5py.File(self.path, "r", **kwargs)
             self.swmr = False
         except OSError as err:
+            if "truncated file" in str(err):
+                raise DatasetFormatError(
+                    f"{self.path}: shorter than its HDF5 superblock says (a write failed, e.g. the "
+                    "disk filled up); run the build on it again (the writer repairs the file), then "
+                    f"`python -m dsbprep.verify {self.path}`: {err}"
+                ) from err
             if "consistency flags" not in str(err) and "already open" not in str(err):
                 raise DatasetFormatError(f"{self.path}: cannot open as HDF5: {err}") from err
             # A writer is appending (or died): SWMR read sees every committed case.

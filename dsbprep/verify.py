@@ -81,7 +81,7 @@ def verify_dataset(path: str) -> VerifyResult:
                 result.problems.append(f"{where}: non-positive spacing {row['spacing'].tolist()}")
             spans.append((z0, z0 + shape[0], where))
         spans.sort()
-        for (a0, a1, wa), (b0_, _b1, wb) in zip(spans, spans[1:], strict=False):
+        for (_a0, a1, wa), (b0_, _b1, wb) in zip(spans, spans[1:], strict=False):
             if b0_ < a1:
                 result.problems.append(f"{wa} and {wb} overlap in /images rows")
         for rec in ds:

@@ -110,6 +110,12 @@ def rle_decode(rle: str, shape: tuple[int, int]) -> np.ndarray:
     if np.any(lengths <= 0):
         i = int(np.argmax(lengths <= 0))
         raise MaskSourceError(f"RLE pair {i} ({gaps[i]} {lengths[i]}): run length must be positive")
+    huge = (gaps > size) | (lengths > size)  # before the sums: they could overflow int64
+    if np.any(huge):
+        i = int(np.argmax(huge))
+        raise MaskSourceError(
+            f"RLE pair {i} ({gaps[i]} {lengths[i]}): runs past the {rows}x{cols} image ({size} pixels)"
+        )
     ends = np.cumsum(gaps + lengths)
     starts = ends - lengths
     if ends.size and ends[-1] > size:
