@@ -9,7 +9,7 @@ Usage::
    median of ``--repeat`` runs after a warm-up; compared with the 31 s the
    original grt123 code takes for this case on this kind of machine (measured
    once, see ../shared/data/reference/PROVENANCE.md; not re-run here).
-2. Throughput: ``run_build`` of ``--cases`` patients (LIDC-IDRI-0001 linked
+2. Throughput: ``python -m dsbprep.build`` (a fresh process each) of ``--cases`` patients (LIDC-IDRI-0001 linked
    under that many patient names) with ``--workers 1`` and then ``--workers 2``,
    in this one run; prints cases/s of each and their ratio.
 """
@@ -75,23 +75,28 @@ def per_case_stages(folder: Path, out: Path, repeat: int) -> dict[str, float]:
 
 
 def throughput(folder: Path, n_cases: int, workers: int, tmp: Path, threads: int = 0) -> float:
-    """Cases per second of ``run_build`` over ``n_cases`` linked copies of ``folder``."""
-    from dsbprep.build import run_build
-    from dsbprep.config import load_config
+    """Cases per second of ``python -m dsbprep.build`` over ``n_cases`` linked copies of ``folder``.
+
+    Each build runs in a fresh process, as a user runs it, so a 1-worker build (in the
+    main process) and a 2-worker build (loky processes) both pay their start-up.
+    """
+    import subprocess
 
     data = tmp / "in"
     if not data.exists():
         data.mkdir(parents=True)
         for i in range(n_cases):
             (data / f"P{i:03d}").symlink_to(folder, target_is_directory=True)
-    out = tmp / f"w{workers}.h5"
+    ini = tmp / f"threads{threads}.ini"
+    ini.write_text(f"[segmentation]\nthreads = {threads}\n")
+    out = tmp / f"w{workers}-t{threads}.h5"
+    cmd = [sys.executable, "-m", "dsbprep.build", "--config", str(ini), "--data_directory", str(data),
+           "--output_filename", str(out), "--workers", str(workers), "--report", "", "--no-progress"]
     t0 = time.perf_counter()
-    config = load_config(REPO / "config.ini", overrides={"segmentation": {"threads": threads}})
-    report = run_build(config, data_directory=data, output_filename=out,
-                       workers=workers, progress=False)
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     seconds = time.perf_counter() - t0
-    if len(report.built) != n_cases:
-        raise RuntimeError(f"build failed: {report.failed}")
+    if done.returncode != 0 or f"built {n_cases}," not in done.stdout:
+        raise RuntimeError(f"build failed: {done.stdout}\n{done.stderr}")
     return n_cases / seconds
 
 
@@ -115,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  grt123 original: {GRT123_SECONDS:.0f} s -> speed-up {GRT123_SECONDS / total:.1f}x")
         one_all = throughput(folder, args.cases, 1, tmp / "a", threads=0)
         one = throughput(folder, args.cases, 1, tmp / "c", threads=1)
-        two = throughput(folder, args.cases, 2, tmp / "b")
+        two = throughput(folder, args.cases, 2, tmp / "b", threads=0)
         print(f"build of {args.cases} cases: 1 worker with 1 thread {one:.3f} cases/s, "
               f"2 workers {two:.3f} cases/s: ratio {two / one:.2f}x")
         print(f"  (1 process whose segmentation uses both cores, the default for --workers 1: "
