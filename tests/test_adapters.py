@@ -5,8 +5,10 @@ Needs the extras: ``pip install torch==2.13.0 'keras>=3'`` (``make test`` instal
 
 from __future__ import annotations
 
+import gc
 import itertools
 import os
+import pickle
 
 # Keras picks its backend at first import: torch, so TensorFlow is not needed.
 os.environ["KERAS_BACKEND"] = "torch"
@@ -119,6 +121,162 @@ def test_iterable_stream_equals_the_loader_for_any_worker_count(volume_file):
     ]
     same(ranks[0], want[0::2])
     same(ranks[1], want[1::2])
+
+
+def _np(x):
+    return x.numpy().copy() if isinstance(x, torch.Tensor) else np.array(x)
+
+
+def full(batches):
+    """Everything a stream yields per batch, copied out (tensors -> numpy)."""
+    return [
+        (
+            int(b["epoch"]),
+            int(b["number"]),
+            b["index"].tolist(),
+            b["origin"].numpy().copy(),
+            b["image"].numpy().copy(),
+            b["mask"].numpy().copy(),
+            b["params"],
+            [_np(x) for x in b["boxes"]],
+        )
+        for b in batches
+    ]
+
+
+def from_loader(batches):
+    return [
+        (b.epoch, b.number, b.indices.tolist(), b.origins, b.images, b.masks, b.params, b.boxes)
+        for b in batches
+    ]
+
+
+def same_full(got, want):
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        assert g[:3] == w[:3] and g[6] == w[6]
+        for x, y in zip(g[3:6], w[3:6], strict=True):
+            assert x.dtype == y.dtype and np.array_equal(x, y)
+        for x, y in zip(g[7], w[7], strict=True):
+            np.testing.assert_array_equal(x, y)
+
+
+def in_ring(stream, tensor):
+    """Whether ``tensor`` is a view of one of the stream's shared slots (no copy)."""
+    images = stream.ring.images
+    start = images.data_ptr()
+    return start <= tensor.data_ptr() < start + images.numel() * images.element_size()
+
+
+def slot_states(stream):
+    return stream.ring.header[:, 0].tolist()
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_stream_equals_the_loader_with_0_1_2_workers(volume_file, context):
+    """Every field of every batch, with 0, 1 and 2 workers, fork and spawn, in two runs."""
+    loader = make_loader(volume_file, epochs=3, dtype="image")
+    loader.sample(0, 0)  # an open handle in the parent must be neither used nor pickled
+    want = from_loader(make_loader(volume_file, epochs=3, dtype="image"))
+    counts = (0, 1, 2) if context == "fork" else (2,)
+    for workers in counts:
+        stream = PatchStream(loader)
+        dl = DataLoader(
+            stream,
+            batch_size=None,
+            num_workers=workers,
+            multiprocessing_context=context if workers else None,
+        )
+        for _ in range(2):  # a second run through the same stream and slots
+            got = list(dl)
+            same_full(full(got), want)
+            if workers:  # handed over as views of the shared slots, not copies
+                assert sum(in_ring(stream, b["image"]) for b in got) >= len(got) // 2
+            del got
+        gc.collect()
+        if workers:
+            assert set(slot_states(stream)) == {0}  # every slot free again
+
+
+def release_due(held, step, got):
+    """Check the batches due for release at ``step`` against their arrival snapshots, drop them."""
+    for due, k, batch in held:
+        if due <= step:
+            same_full(full([batch]), [got[k]])  # unchanged while it was held
+    return [h for h in held if h[0] > step]
+
+
+def test_held_batches_are_never_overwritten(volume_file):
+    """Keep batches for a random number of steps while the ring wraps many times."""
+    loader = make_loader(volume_file, epochs=6, batch_size=2)  # 18 batches
+    want = from_loader(make_loader(volume_file, epochs=6, batch_size=2))
+    stream = PatchStream(loader, slots=6)  # 3 per worker: it wraps every 3 batches
+    dl = DataLoader(stream, batch_size=None, num_workers=2, prefetch_factor=2)
+    rng = np.random.default_rng(0)
+    held, got, views = [], [], 0
+    for k, batch in enumerate(dl):
+        got.append(full([batch])[0])  # a snapshot taken on arrival
+        views += in_ring(stream, batch["image"])
+        held.append((k + int(rng.integers(0, 5)), k, batch))
+        del batch
+        held = release_due(held, k, got)
+    same_full(got, want)
+    for _, k, batch in held:
+        same_full(full([batch]), [got[k]])
+    assert views >= 6  # views were handed out, and reused slots did not corrupt them
+    del held, batch
+    assert set(slot_states(stream)) == {0}  # released batches gave their slots back
+    # Holding every batch: the main process hands out copies once a worker's slots run
+    # low, so nothing waits and nothing is overwritten.
+    everything = list(dl)
+    same_full(full(everything), want)
+    assert 0 < sum(in_ring(stream, b["image"]) for b in everything) < len(everything)
+
+
+def test_abandoned_and_concurrent_iterations(volume_file):
+    loader = make_loader(volume_file, epochs=4)
+    want = full_want = from_loader(make_loader(volume_file, epochs=4))
+    stream = PatchStream(loader, slots=4, slot_wait_s=0.2)  # 2 slots per worker
+    dl = DataLoader(stream, batch_size=None, num_workers=2)
+    it = iter(dl)
+    first = full(itertools.islice(it, 3))
+    same_full(first, want[:3])
+    del it  # workers shut down with batches still in their slots
+    gc.collect()
+    assert 2 in slot_states(stream)  # written, never read: reclaimed by the next workers
+    again = full(dl)  # each batch released before the next arrives
+    same_full(again, full_want)
+    gc.collect()
+    assert set(slot_states(stream)) == {0}  # the stale slots were taken back
+    # Two live iterators over one stream: slots are claimed under a lock; a worker that
+    # finds none free sends its batch in fresh shared memory. Both streams stay exact.
+    a, b = iter(dl), iter(dl)
+    got_a, got_b = [], []
+    for x, y in zip(a, b, strict=True):
+        got_a += full([x])
+        got_b += full([y])
+    same_full(got_a, want)
+    same_full(got_b, want)
+
+
+def test_a_plainly_pickled_stream_is_detected(volume_file):
+    """A copy of the slots (plain pickle) cannot hand a stale slot to the main process."""
+    stream = PatchStream(make_loader(volume_file), slots=2)
+    clone = pickle.loads(pickle.dumps(stream))
+    idx = stream.loader.epoch_batches(0)[0]
+    record = clone._worker_batch(idx, 0, 0, 0, 1)  # fills the clone's private copy
+    with pytest.raises(RuntimeError, match="does not hold the batch"):
+        pickle.loads(pickle.dumps(record))
+    with pytest.raises(ValueError, match="slots"):
+        PatchStream(make_loader(volume_file), slots=-1)
+
+
+def test_stream_without_slots_uses_fresh_shared_memory(volume_file):
+    loader = make_loader(volume_file, epochs=2)
+    stream = PatchStream(loader, slots=0)
+    assert stream.ring is None
+    got = full(DataLoader(stream, batch_size=None, num_workers=2))
+    same_full(got, from_loader(make_loader(volume_file, epochs=2)))
 
 
 def test_infinite_stream_with_spawned_workers(volume_file):

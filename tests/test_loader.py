@@ -555,3 +555,35 @@ def test_load_batch_fills_given_arrays(lung_file):
     assert np.array_equal(images, loader.load_batch(idx, epoch=0).images)
     with pytest.raises(ValueError, match="out arrays"):
         loader.load_batch(idx, epoch=0, out=(images[:2], masks[:2]))
+
+
+def test_iteration_reuses_only_batch_arrays_nobody_holds(lung_file):
+    """Batch arrays are recycled (no fresh pages per batch) but never under a holder."""
+    path, _ = lung_file
+    kwargs = {
+        "patch_size": (8, 16, 16),
+        "batch_size": 2,
+        "augment": Compose([Flip(), Rot90()]),
+        "seed": 4,
+        "epochs": 4,
+    }
+    want = list(BatchLoader(path, **kwargs))  # all held: nothing can be reused
+    held, addresses = {}, []
+    for k, batch in enumerate(BatchLoader(path, **kwargs)):
+        addresses.append(batch.images.__array_interface__["data"][0])
+        assert np.array_equal(batch.images, want[k].images)
+        if k % 4 == 0:
+            held[k] = ("images", batch.images[1:])  # a view keeps its base
+        elif k % 4 == 1:
+            held[k] = ("masks", memoryview(batch.masks))  # so does a memoryview
+        elif k % 4 == 2:
+            held[k] = ("batch", batch)
+    for k, (what, obj) in held.items():
+        if what == "images":
+            assert np.array_equal(obj, want[k].images[1:])
+        elif what == "masks":
+            assert np.array_equal(np.asarray(obj), want[k].masks)
+        else:
+            assert np.array_equal(obj.images, want[k].images)
+            assert np.array_equal(obj.masks, want[k].masks)
+    assert len(set(addresses)) < len(addresses)  # dropped batches' arrays were refilled
