@@ -280,6 +280,13 @@ def _boxes_in_view(ax: Any, boxes: np.ndarray, axis: int, index: int) -> int:
     return drawn
 
 
+def _draw_view(ax: Any, image: np.ndarray, mask: np.ndarray, axis: int, index: int,
+               **kwargs: Any) -> None:
+    """Draw plane ``index`` along ``axis`` of a 3-D case, titled with the view's name."""
+    draw_slice(ax, view_plane(image, axis, index), view_plane(mask, axis, index), axis=axis,
+               index=index, title=f"{VIEWS[axis][0]} {'zyx'[axis]}={index}", **kwargs)
+
+
 def draw_slice(
     ax: Any,
     image: np.ndarray,
@@ -535,18 +542,8 @@ def save_case_figure(case: Any, path: str | os.PathLike, *, dpi: int = 90) -> Pa
         fig, axes = plt.subplots(1, 3, figsize=(13, 5.0))
         for ax, axis in zip(axes, (0, 1, 2), strict=True):
             index = int(sag[2] if axis == 2 else centre[axis])
-            draw_slice(
-                ax,
-                view_plane(image, axis, index),
-                view_plane(mask, axis, index),
-                boxes=boxes,
-                axis=axis,
-                index=index,
-                spacing=spacing,
-                direction=direction,
-                window=window,
-                title=f"{VIEWS[axis][0]} {'zyx'[axis]}={index}",
-            )
+            _draw_view(ax, image, mask, axis, index, boxes=boxes, spacing=spacing,
+                       direction=direction, window=window)
         note = orientation_note(direction, 3)
         fig.suptitle(
             f"{case.case_id}  shape {tuple(case.shape)}  spacing "
@@ -624,18 +621,8 @@ def save_case_montage(
         (2, int(sag[2]), slice(half, columns)),
     ):
         ax = fig.add_subplot(grid[rows, cols])
-        draw_slice(
-            ax,
-            view_plane(image, axis, index),
-            view_plane(mask, axis, index),
-            boxes=boxes,
-            axis=axis,
-            index=index,
-            spacing=spacing,
-            direction=direction,
-            window=window,
-            title=f"{VIEWS[axis][0]} {'zyx'[axis]}={index}",
-        )
+        _draw_view(ax, image, mask, axis, index, boxes=boxes, spacing=spacing,
+                   direction=direction, window=window)
     labels = [int(v) for v in np.unique(mask[mask > 0])]
     fig.suptitle(
         title
