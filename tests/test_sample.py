@@ -413,3 +413,42 @@ def test_grt123_segmentation_finds_both_lungs(cohort, patients):
         assert masks.found == 2, (truth["patient_id"], masks.reason)
         assert dice(masks.right, truth["right_lung"]) >= 0.95, truth["patient_id"]
         assert dice(masks.left, truth["left_lung"]) >= 0.95, truth["patient_id"]
+
+
+def _digest(folder_or_arrays) -> str:
+    """SHA-256 over a cohort's files (relative names and bytes) or over named arrays."""
+    import hashlib
+
+    h = hashlib.sha256()
+    if isinstance(folder_or_arrays, dict):
+        for key in sorted(folder_or_arrays):
+            value = folder_or_arrays[key]
+            if isinstance(value, np.ndarray):
+                h.update(key.encode() + str(value.dtype).encode() + str(value.shape).encode())
+                h.update(np.ascontiguousarray(value).tobytes())
+            else:
+                h.update(key.encode() + repr(value).encode())
+        return h.hexdigest()
+    for root in folder_or_arrays:
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            h.update(str(path.relative_to(root.parent)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+#: SHA-256 of the default cohort's files (4 patients, seed 0: every storage variant) and of a
+#: small phantom's volume and truth, recorded before make_phantom and write_series were split
+#: into stage functions (issue 12): the refactoring must not change one byte.
+COHORT_SHA256 = "9cf5988d19747a064ac91da75ac31e4f7da8cb28935482665c00fbd461577beb"
+PHANTOM_SHA256 = "b83536031b1d53457a2f9be9ede781a671046078645b6dbbf43a4a5f691c1b2e"
+
+
+def test_cohort_files_are_bit_identical_to_the_recorded_ones(cohort):
+    assert _digest(cohort) == COHORT_SHA256
+
+
+def test_phantom_volume_and_truth_are_bit_identical_to_the_recorded_ones():
+    hu, truth = make_phantom((46, 80, 96), (6.0, 4.0, 3.5), rng=3, vessel_generations=3,
+                             n_nodules=2, fov_diameter_mm=330.0)
+    arrays = {k: v for k, v in truth.items() if k != "anatomy"}
+    arrays["hu"] = hu
+    assert _digest(arrays) == PHANTOM_SHA256
