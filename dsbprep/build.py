@@ -312,7 +312,7 @@ def run_build(
     src = get_source(source or build["source"], config)
 
     if src.name == "lung" and _is_empty(data_directory):
-        from .sample import write_sample_cohort
+        from .phantom import write_sample_cohort
 
         logger.warning("%s is empty or absent: writing the embedded default cohort of %d "
                        "SYNTHETIC chest CT scans there", data_directory, build["sample_patients"])

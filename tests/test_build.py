@@ -16,7 +16,7 @@ import pytest
 
 from dsbprep.build import main, run_build
 from dsbprep.config import load_config
-from dsbprep.sample import write_sample_cohort
+from dsbprep.phantom import write_sample_cohort
 from dsbprep.store import case_checksum, open_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,8 +66,8 @@ def test_build_records_failures_and_goes_on(clean_build):
 
 def test_sample_nodules_become_boxes_on_the_nodules(cohort, clean_build):
     """The default cohort's truth XML gives one box per nodule, centred on nodule tissue."""
+    from dsbprep.phantom import make_sample_patient
     from dsbprep.preprocess import PREPROCESS_DEFAULTS
-    from dsbprep.sample import make_sample_patient
 
     lo, hi = PREPROCESS_DEFAULTS["window"]
     with open_dataset(clean_build) as ds:

@@ -1,4 +1,4 @@
-"""Tests of dsbprep.sample: the embedded cohort of synthetic chest CT scans written as DICOM."""
+"""Tests of dsbprep.phantom: the embedded cohort of synthetic chest CT scans written as DICOM."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pydicom.pixels import apply_modality_lut
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from scipy import ndimage
 
-from dsbprep.sample import (
+from dsbprep.phantom import (
     ANATOMY_DEFAULTS,
     main,
     make_phantom,
