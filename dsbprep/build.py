@@ -15,12 +15,15 @@ memory") while the build goes on. A full disk or a file
 size limit stops the build with :class:`dsbprep.store.StorageFullError` (exit
 status 2); the cases stored before it stay intact. See docs/RELIABILITY.md.
 
-Test hook (fault injection, used by tests/test_reliability.py): when the
-environment variable ``DSBPREP_TEST_KILL_CASES`` holds a comma-separated list
-of case ids, the process running one of those cases SIGKILLs itself at the
-start of the case, every time; an id written ``ID:once`` does it only the first
-time (a marker file ``ID.killed`` in the folder ``DSBPREP_TEST_KILL_ONCE_DIR``
-remembers it). Never set these outside tests.
+Worker processes run under an address-space limit (``[build] worker_memory_limit_gb``,
+:func:`limit_address_space`): a case that needs more memory than any legitimate one
+fails with a ``MemoryError`` as its reason, instead of the kernel's out-of-memory killer
+picking a process - possibly the writer. The in-process path (``workers = 1``) is not
+limited, since the writer runs there.
+
+A source is the object :func:`dsbprep.sources.get_source` returns, or any object
+with the same attributes passed to :func:`run_build` (the reliability tests pass
+sources that kill their worker or allocate too much: tests/faults.py).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import json
 import logging
 import os
 import re
-import signal
+import resource
 import sys
 import time
 import traceback
@@ -49,7 +52,10 @@ from .sources import Task, get_source
 from .splits import assign_split
 from .store import DatasetWriter, StorageFullError
 
-__all__ = ["BuildReport", "run_build", "main"]
+__all__ = [
+    "BuildReport", "WORKER_DIED", "default_outputs", "limit_address_space", "main", "report_lines",
+    "run_build",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -87,14 +93,12 @@ class BuildReport:
                 f"failed {len(self.failed)} in {self.seconds:.1f} s")
 
 
-#: Test hook: comma-separated case ids whose process SIGKILLs itself (see the module docstring).
-KILL_CASES_ENV = "DSBPREP_TEST_KILL_CASES"
-#: Test hook: folder of the marker files of the ``ID:once`` entries.
-KILL_ONCE_DIR_ENV = "DSBPREP_TEST_KILL_ONCE_DIR"
 #: Reason recorded for a case whose worker process died on both tries.
 WORKER_DIED = "worker process died: killed or out of memory"
 #: Seconds an idle loky worker waits for work before exiting (joblib's default).
 _IDLE_WORKER_TIMEOUT_S = 300
+#: Bytes per GB of ``[build] worker_memory_limit_gb``.
+_GB = 2**30
 #: Environment variables that size the thread pools of numerical libraries in workers.
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                 "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
@@ -104,18 +108,26 @@ _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
 Result = tuple[Task, EncodedCase | None, str]
 
 
-def _fault_injection(case_id: str) -> None:
-    """Test hook: SIGKILL this process when ``case_id`` is listed in ``DSBPREP_TEST_KILL_CASES``."""
-    listed = os.environ.get(KILL_CASES_ENV, "").split(",")
-    if f"{case_id}:once" in listed:
-        marker = Path(os.environ[KILL_ONCE_DIR_ENV]) / f"{case_id}.killed"
-        try:
-            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-        except FileExistsError:
-            return
-    elif case_id not in listed:
+def limit_address_space(limit_bytes: int) -> None:
+    """Cap this process's address space (RLIMIT_AS) at ``limit_bytes`` (0: no cap).
+
+    Run in each worker process (loky's initializer): an allocation beyond the cap raises
+    ``MemoryError`` in that worker, which records the case as failed. The hard limit is
+    left as it is; a cap above it is lowered to it.
+    """
+    if limit_bytes <= 0:
         return
-    os.kill(os.getpid(), signal.SIGKILL)
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    soft = limit_bytes if hard == resource.RLIM_INFINITY else min(limit_bytes, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def _out_of_memory(case_id: str, stage: str) -> str:
+    """Reason of a case that raised MemoryError, naming the worker's limit when one is set."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    limit = ("" if soft == resource.RLIM_INFINITY else
+             f" (worker address-space limit {soft / _GB:g} GB, [build] worker_memory_limit_gb)")
+    return f"{case_id}: MemoryError: out of memory while {stage}{limit}"
 
 
 def _run_task(source: Any, task: Task, spec: ChunkSpec) -> Result:
@@ -125,13 +137,12 @@ def _run_task(source: Any, task: Task, spec: ChunkSpec) -> Result:
     (``spec``): the single writer only stores bytes, and a case travels at its
     compressed size (see :mod:`dsbprep.encode`).
     """
-    _fault_injection(task.case_id)
     try:
         case = source.process(task)
     except DsbprepError as err:
         return task, None, str(err)
     except MemoryError:
-        return task, None, f"{task.case_id}: out of memory while processing"
+        return task, None, _out_of_memory(task.case_id, "processing")
     except Exception as err:  # a bug or an unforeseen input must not stop the whole build
         logger.debug("case %s failed:\n%s", task.case_id, traceback.format_exc())
         return task, None, f"{task.case_id}: unexpected {type(err).__name__}: {err}"
@@ -140,7 +151,7 @@ def _run_task(source: Any, task: Task, spec: ChunkSpec) -> Result:
     except (ValueError, DsbprepError) as err:
         return task, None, f"{task.case_id}: cannot store: {err}"
     except MemoryError:
-        return task, None, f"{task.case_id}: out of memory while encoding"
+        return task, None, _out_of_memory(task.case_id, "encoding")
 
 
 def _results_inline(source: Any, tasks: list[Task], spec: ChunkSpec) -> Iterator[Result]:
@@ -148,13 +159,17 @@ def _results_inline(source: Any, tasks: list[Task], spec: ChunkSpec) -> Iterator
         yield _run_task(source, task, spec)
 
 
-def _loky_executor(workers: int) -> Any:
-    """The process pool (loky's reusable executor: a fresh one if the last one broke)."""
+def _loky_executor(workers: int, memory_limit: int) -> Any:
+    """The process pool (loky's reusable executor: a fresh one if the last one broke).
+
+    Each worker caps its address space at ``memory_limit`` bytes (0: no cap) when it starts.
+    """
     from joblib.externals.loky import cpu_count, get_reusable_executor
 
     threads = str(max(cpu_count() // workers, 1))
     env = {var: os.environ.get(var, threads) for var in _THREAD_VARS}
-    return get_reusable_executor(max_workers=workers, timeout=_IDLE_WORKER_TIMEOUT_S, env=env)
+    return get_reusable_executor(max_workers=workers, timeout=_IDLE_WORKER_TIMEOUT_S, env=env,
+                                 initializer=limit_address_space, initargs=(memory_limit,))
 
 
 def _first_line(err: BaseException) -> str:
@@ -167,8 +182,7 @@ def _death_note(err: BaseException) -> str:
     return f"worker exit codes {codes.group(1)}" if codes else _first_line(err)
 
 
-def _results_loky(source: Any, tasks: list[Task], spec: ChunkSpec, workers: int,
-                  max_pending: int) -> Iterator[Result]:
+def _results_loky(source: Any, tasks: list[Task], spec: ChunkSpec, plan: _Plan) -> Iterator[Result]:
     """Run tasks in a loky process pool; survive worker processes that die.
 
     When a worker dies, loky breaks the whole pool: every case in flight fails with
@@ -182,17 +196,20 @@ def _results_loky(source: Any, tasks: list[Task], spec: ChunkSpec, workers: int,
 
     from joblib.externals.loky.process_executor import BrokenProcessPool
 
+    def submit(task: Task) -> Any:
+        return _loky_executor(plan.workers, plan.memory_limit).submit(_run_task, source, task, spec)
+
     queue = deque(tasks)
     in_flight: dict[Any, Task] = {}
     suspects: deque[Task] = deque()
     deaths: dict[str, int] = {}  # deaths of a worker running the case alone
-    limit = max(workers, max_pending)
+    limit = max(plan.workers, plan.max_pending)
     try:
         while queue or in_flight:
             while queue and len(in_flight) < limit:
                 task = queue.popleft()
                 try:
-                    in_flight[_loky_executor(workers).submit(_run_task, source, task, spec)] = task
+                    in_flight[submit(task)] = task
                 except (BrokenProcessPool, RuntimeError) as err:  # the pool broke meanwhile
                     logger.warning("case %s not submitted (%s); it will be retried", task.case_id,
                                    _first_line(err))
@@ -215,7 +232,7 @@ def _results_loky(source: Any, tasks: list[Task], spec: ChunkSpec, workers: int,
         while suspects:  # alone, one at a time: a death now is the case's own
             task = suspects.popleft()
             try:
-                result = _loky_executor(workers).submit(_run_task, source, task, spec).result()
+                result = submit(task).result()
             except BrokenProcessPool as err:
                 deaths[task.case_id] = deaths.get(task.case_id, 0) + 1
                 if deaths[task.case_id] < 2:
@@ -231,8 +248,9 @@ def _results_loky(source: Any, tasks: list[Task], spec: ChunkSpec, workers: int,
             future.cancel()
 
 
-def _results_dask(source: Any, tasks: list[Task], spec: ChunkSpec, scheduler: str,
-                  max_pending: int) -> Iterator[Result]:
+def _results_dask(source: Any, tasks: list[Task], spec: ChunkSpec, plan: _Plan) -> Iterator[Result]:
+    """Run tasks on a dask.distributed cluster (no address-space limit: dask sizes its workers)."""
+    scheduler, max_pending = plan.scheduler, plan.max_pending
     try:
         from dask.distributed import Client, KilledWorker, as_completed
     except ImportError as err:
@@ -262,6 +280,26 @@ def _results_dask(source: Any, tasks: list[Task], spec: ChunkSpec, scheduler: st
             yield result
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """Where and how one build runs: the effective ``[paths]`` and ``[build]`` values."""
+
+    data_directory: Path
+    output_filename: Path
+    workers: int
+    backend: str
+    scheduler: str
+    max_pending: int
+    memory_limit: int  # bytes of address space per worker process, 0 = none
+
+    @classmethod
+    def from_config(cls, config: Config) -> _Plan:
+        build, paths = config.params("build"), config.params("paths")
+        return cls(Path(paths["data_directory"]), Path(paths["output_filename"]),
+                   max(int(build["workers"]), 1), build["backend"], build["scheduler"],
+                   int(build["max_pending"]), int(float(build["worker_memory_limit_gb"]) * _GB))
+
+
 def run_build(
     config: Config,
     *,
@@ -272,14 +310,16 @@ def run_build(
     scheduler: str | None = None,
     rebuild: bool = False,
     progress: bool = True,
-    source: str | None = None,
+    source: str | Any | None = None,
 ) -> BuildReport:
     """Build (or resume) a dataset file.
 
     Parameters
     ----------
     config : Config
-        Parsed configuration; the arguments below override its ``[paths]``/``[build]`` values.
+        Parsed configuration; the arguments below override its ``[paths]``/``[build]``
+        values (in a copy: ``config`` itself is not changed). The sources are built from
+        that effective configuration, which the file stores.
     data_directory, output_filename : path, optional
         Input folder and HDF5 file.
     workers : int, optional
@@ -291,46 +331,32 @@ def run_build(
         Process cases again even when already stored (the new row supersedes the old).
     progress : bool
         Show a tqdm progress bar on stderr.
-    source : str, optional
-        Source name (default ``[build] source``).
+    source : str or source object, optional
+        Source name (default ``[build] source``), or a source object (``name``, ``kind``,
+        ``image_dtype``, ``pad_value``, ``chunks``, ``discover``, ``process``; it must pickle).
 
     Returns
     -------
     BuildReport
     """
-    from tqdm.auto import tqdm
-
     t0 = time.perf_counter()
-    build = config.params("build")
-    paths = config.params("paths")
-    data_directory = Path(data_directory or paths["data_directory"])
-    output_filename = Path(output_filename or paths["output_filename"])
-    workers = int(workers or build["workers"])
-    backend = backend or build["backend"]
-    scheduler = scheduler or build["scheduler"]
-    config.parser.set("build", "workers", str(workers))  # sources size their thread pools by it
-    src = get_source(source or build["source"], config)
-
-    if src.name == "lung" and _is_empty(data_directory):
-        from .phantom import write_sample_cohort
-
-        logger.warning("%s is empty or absent: writing the embedded default cohort of %d "
-                       "SYNTHETIC chest CT scans there", data_directory, build["sample_patients"])
-        write_sample_cohort(data_directory, n_patients=int(build["sample_patients"]),
-                            seed=int(build["sample_seed"]))
-    tasks = src.discover(data_directory)
-    output_filename.parent.mkdir(parents=True, exist_ok=True)
+    config = config.with_overrides({
+        "paths": {"data_directory": data_directory, "output_filename": output_filename},
+        "build": {"workers": workers, "backend": backend, "scheduler": scheduler},
+    })
+    plan = _Plan.from_config(config)
+    if plan.backend not in ("loky", "dask"):
+        raise ValueError(f"unknown backend {plan.backend!r}; expected 'loky' or 'dask'")
+    if plan.backend == "dask" and not plan.scheduler:
+        raise ValueError("--backend dask needs --scheduler ADDRESS (e.g. tcp://host:8786)")
+    src = get_source(source or config.get("build", "source"), config) \
+        if source is None or isinstance(source, str) else source
+    if src.name == "lung" and _is_empty(plan.data_directory):
+        _write_default_cohort(plan.data_directory, config.params("build"))
+    tasks = src.discover(plan.data_directory)
+    plan.output_filename.parent.mkdir(parents=True, exist_ok=True)
     report = BuildReport()
-    writer = DatasetWriter(
-        output_filename,
-        image_dtype=src.image_dtype,
-        chunks=src.chunks,
-        compression=build["compression"],
-        kind=src.kind,
-        pad_value=src.pad_value,
-        attrs={"config": config.text(), "source": src.name},
-    )
-    with writer:
+    with _open_writer(src, plan.output_filename, config) as writer:
         done = writer.done()
         todo = []
         for task in tasks:
@@ -339,41 +365,77 @@ def run_build(
             else:
                 todo.append(task)
         logger.info("%d cases found, %d already stored, %d to build", len(tasks), len(report.skipped), len(todo))
-        if backend == "dask":
-            if not scheduler:
-                raise ValueError("--backend dask needs --scheduler ADDRESS (e.g. tcp://host:8786)")
-            results: Iterable = _results_dask(src, todo, writer.spec, scheduler, int(build["max_pending"]))
-        elif workers <= 1 or len(todo) <= 1:
-            results = _results_inline(src, todo, writer.spec)
-        elif backend == "loky":
-            results = _results_loky(src, todo, writer.spec, workers, int(build["max_pending"]))
-        else:
-            raise ValueError(f"unknown backend {backend!r}; expected 'loky' or 'dask'")
-        splits = config.params("splits")
-        with tqdm(total=len(todo), unit="case", disable=not progress, file=sys.stderr,
-                  desc=f"building {output_filename.name}") as bar:
-            for task, encoded, error in results:
-                if encoded is not None and splits["assign"]:
-                    encoded.case.split = assign_split(task.patient, tuple(splits["fractions"]), int(splits["seed"]))
-                if encoded is not None:
-                    try:
-                        writer.append(encoded)
-                    except StorageFullError:
-                        raise  # not the case's fault: stop; the cases stored before stay intact
-                    except (ValueError, DsbprepError) as err:
-                        encoded, error = None, f"{task.case_id}: cannot store: {err}"
-                if encoded is not None:
-                    report.built.append(task.case_id)
-                else:
-                    logger.error("case %s failed: %s", task.case_id, error)
-                    report.failed[task.case_id] = error
-                    writer.append_failure(task.case_id, error, source_hash=task.fingerprint,
-                                          meta={"inputs": task.inputs})
-                report.timeline.append((task.case_id, time.perf_counter() - t0))
-                bar.update(1)
-                bar.set_postfix(failed=len(report.failed), refresh=False)
+        results = _results(src, todo, writer.spec, plan)
+        _store_results(results, writer, report, config.params("splits"), t0,
+                       progress=progress, total=len(todo), name=plan.output_filename.name)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _write_default_cohort(data_directory: Path, build: dict[str, Any]) -> None:
+    """Write the embedded default cohort (:mod:`dsbprep.phantom`) into an empty input folder."""
+    from .phantom import write_sample_cohort
+
+    logger.warning("%s is empty or absent: writing the embedded default cohort of %d "
+                   "SYNTHETIC chest CT scans there", data_directory, build["sample_patients"])
+    write_sample_cohort(data_directory, n_patients=int(build["sample_patients"]),
+                        seed=int(build["sample_seed"]))
+
+
+def _open_writer(src: Any, output_filename: Path, config: Config) -> DatasetWriter:
+    """The dataset's single writer, created for ``src``'s kind of cases."""
+    return DatasetWriter(
+        output_filename,
+        image_dtype=src.image_dtype,
+        chunks=src.chunks,
+        compression=config.get("build", "compression"),
+        kind=src.kind,
+        pad_value=src.pad_value,
+        attrs={"config": config.text(), "source": src.name},
+    )
+
+
+def _results(src: Any, todo: list[Task], spec: ChunkSpec, plan: _Plan) -> Iterable[Result]:
+    """Each task's result as it finishes: in this process, a loky pool or a dask cluster.
+
+    One worker runs the cases in this process, and so does a single case when workers have
+    no memory limit (no pool to start); with a limit, a lone case still runs in a worker.
+    """
+    if plan.backend == "dask":
+        return _results_dask(src, todo, spec, plan)
+    if plan.workers <= 1 or (len(todo) <= 1 and not plan.memory_limit):
+        return _results_inline(src, todo, spec)
+    return _results_loky(src, todo, spec, plan)
+
+
+def _store_results(results: Iterable[Result], writer: DatasetWriter, report: BuildReport,
+                   splits: dict[str, Any], t0: float, *, progress: bool, total: int,
+                   name: str) -> None:
+    """Append each finished case (or its failure) to the file and the report, as it arrives."""
+    from tqdm.auto import tqdm
+
+    with tqdm(total=total, unit="case", disable=not progress, file=sys.stderr,
+              desc=f"building {name}") as bar:
+        for task, encoded, error in results:
+            if encoded is not None and splits["assign"]:
+                encoded.case.split = assign_split(task.patient, tuple(splits["fractions"]), int(splits["seed"]))
+            if encoded is not None:
+                try:
+                    writer.append(encoded)
+                except StorageFullError:
+                    raise  # not the case's fault: stop; the cases stored before stay intact
+                except (ValueError, DsbprepError) as err:
+                    encoded, error = None, f"{task.case_id}: cannot store: {err}"
+            if encoded is not None:
+                report.built.append(task.case_id)
+            else:
+                logger.error("case %s failed: %s", task.case_id, error)
+                report.failed[task.case_id] = error
+                writer.append_failure(task.case_id, error, source_hash=task.fingerprint,
+                                      meta={"inputs": task.inputs})
+            report.timeline.append((task.case_id, time.perf_counter() - t0))
+            bar.update(1)
+            bar.set_postfix(failed=len(report.failed), refresh=False)
 
 
 def _is_empty(folder: Path) -> bool:
@@ -413,16 +475,50 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", default=None, help="dask.distributed scheduler address (backend dask)")
     p.add_argument("--rebuild", action="store_true", help="process cases again even if already stored")
     p.add_argument("--report", default=None,
-                   help="write the build report as JSON to this file ('' for none; default [paths] report)")
+                   help="write the build report as JSON to this file ('' for none; default [paths] "
+                        "report, or OUTPUT_build_report.json next to another --output_filename)")
     p.add_argument("--strict", action="store_true",
                    help="exit with status 1 when any case failed (default: 0 once the build ran)")
     p.add_argument("--print_random_image", action="store_true",
                    help="unit test: print a random stored case and save a PNG of it with its mask")
-    p.add_argument("--figure", default=None, help="PNG path for --print_random_image")
+    p.add_argument("--figure", default=None,
+                   help="PNG path for --print_random_image (default [paths] figure, or "
+                        "OUTPUT_random_case.png next to another --output_filename)")
     p.add_argument("--seed", type=int, default=None, help="seed for --print_random_image")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
+
+
+def default_outputs(config: Config, output_filename: str | os.PathLike | None) -> tuple[str, str]:
+    """Where a build's report and ``--print_random_image`` figure go unless given.
+
+    The configured ``[paths] report`` and ``figure`` belong to the configured
+    ``[paths] output_filename``. A build writing another file puts them next to it,
+    named after it (``x.h5`` -> ``x_build_report.json``, ``x_random_case.png``), so that
+    it does not overwrite the default build's report.
+
+    Examples
+    --------
+    >>> from dsbprep.config import load_config
+    >>> default_outputs(load_config(None), None)
+    ('data/build_report.json', 'data/random_case.png')
+    >>> default_outputs(load_config(None), "/elsewhere/x.h5")
+    ('/elsewhere/x_build_report.json', '/elsewhere/x_random_case.png')
+    """
+    paths = config.params("paths")
+    configured = Path(paths["output_filename"])
+    if output_filename is None or Path(output_filename).resolve() == configured.resolve():
+        return str(paths["report"]), str(paths["figure"])
+    out = Path(output_filename)
+    return (str(out.with_name(f"{out.stem}_build_report.json")),
+            str(out.with_name(f"{out.stem}_random_case.png")))
+
+
+def report_lines(output: str | os.PathLike, report: BuildReport, report_path: str = "") -> list[str]:
+    """The build's summary as printed: one line, then one per failed case."""
+    lines = [f"{output}: {report.summary()}" + (f"; report {report_path}" if report_path else "")]
+    return lines + [f"  FAILED {case_id}: {reason}" for case_id, reason in report.failed.items()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -452,16 +548,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dsbprep.build: error: {err}", file=sys.stderr)
         return 2
     output = args.output_filename or config.get("paths", "output_filename")
-    report_path = args.report if args.report is not None else config.get("paths", "report")
+    report_default, figure_default = default_outputs(config, args.output_filename)
+    report_path = report_default if args.report is None else args.report
     if report_path:
         Path(report_path).parent.mkdir(parents=True, exist_ok=True)
         Path(report_path).write_text(json.dumps(report.to_json(), indent=2))
-    print(f"{output}: {report.summary()}" + (f"; report {report_path}" if report_path else ""))
-    for case_id, reason in report.failed.items():
-        print(f"  FAILED {case_id}: {reason}")
+    print("\n".join(report_lines(output, report, report_path)))
     if args.print_random_image:
         try:
-            print_random_case(output, args.figure or config.get("paths", "figure"), args.seed)
+            print_random_case(output, args.figure or figure_default, args.seed)
         except DsbprepError as err:
             print(f"dsbprep.build: error: {err}", file=sys.stderr)
             return 2

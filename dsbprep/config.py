@@ -17,7 +17,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEFAULTS", "Config", "load_config", "parse_value"]
+from .errors import DsbprepError
+
+__all__ = ["DEFAULTS", "Config", "ConfigError", "load_config", "parse_value"]
+
+
+class ConfigError(DsbprepError, ValueError):
+    """A ``--config`` file that cannot be used: malformed, a duplicate, an unknown name.
+
+    The message is one line naming the file (and the line, when known).
+    """
 
 #: Section -> key -> default (as written in config.ini). Keep in step with config.ini.
 DEFAULTS: dict[str, dict[str, str]] = {
@@ -38,6 +47,7 @@ DEFAULTS: dict[str, dict[str, str]] = {
         "chunks": "64, 64, 64",
         "sample_patients": "3",
         "sample_seed": "0",
+        "worker_memory_limit_gb": "6",
     },
     "dicom": {
         "pad_hu": "-1024",
@@ -183,6 +193,20 @@ class Config:
         """One parsed value."""
         return parse_value(self.parser.get(section, key))
 
+    def with_overrides(self, overrides: Mapping[str, Mapping[str, Any]]) -> Config:
+        """A copy with ``{section: {key: value}}`` set (None values are skipped); self is unchanged.
+
+        Examples
+        --------
+        >>> base = load_config(None)
+        >>> base.with_overrides({"build": {"workers": 4, "chunks": (8, 8, 8)}}).get("build", "chunks")
+        (8, 8, 8)
+        """
+        parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#", ";"))
+        parser.read_dict({s: dict(self.parser.items(s)) for s in self.parser.sections()})
+        _set_values(parser, overrides)
+        return Config(parser, self.path)
+
     def text(self) -> str:
         """The effective configuration as ini text (stored in each dataset file)."""
         lines = []
@@ -213,8 +237,9 @@ def load_config(path: str | os.PathLike | None = None,
     ------
     FileNotFoundError
         ``path`` was given and does not exist.
-    ValueError
-        The file has a section or key dsbprep does not know (the message names it).
+    ConfigError
+        (a ValueError) The file is malformed, repeats a section or key, or has a section or
+        key dsbprep does not know: one line naming the file, the line and the problem.
     """
     parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#", ";"))
     parser.read_dict(DEFAULTS)
@@ -225,21 +250,56 @@ def load_config(path: str | os.PathLike | None = None,
         used = Path(path)
         if not used.is_file():
             raise FileNotFoundError(f"config file {used} does not exist")
-        user = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#", ";"))
-        user.read(used, encoding="utf-8")
+        user = _read_user_file(used)
         for section in user.sections():
             if section not in DEFAULTS:
-                raise ValueError(f"{used}: unknown section [{section}]; known: {', '.join(DEFAULTS)}")
+                raise ConfigError(f"{used}: unknown section [{section}]; known: {', '.join(DEFAULTS)}")
             for key, value in user.items(section):
                 if key not in DEFAULTS[section]:
-                    raise ValueError(
+                    raise ConfigError(
                         f"{used}: unknown key {key!r} in [{section}]; known: {', '.join(DEFAULTS[section])}"
                     )
                 parser.set(section, key, value)
-    for section, values in (overrides or {}).items():
+    _set_values(parser, overrides or {})
+    return Config(parser, used)
+
+
+def _set_values(parser: configparser.ConfigParser, overrides: Mapping[str, Mapping[str, Any]]) -> None:
+    """Write ``{section: {key: value}}`` into ``parser`` as ini text (None values are skipped)."""
+    for section, values in overrides.items():
         for key, value in values.items():
             if value is not None:
                 if isinstance(value, tuple | list):
                     value = ", ".join(str(v) for v in value)
                 parser.set(section, key, str(value).lower() if isinstance(value, bool) else str(value))
-    return Config(parser, used)
+
+
+def _read_user_file(path: Path) -> configparser.ConfigParser:
+    """Parse ``path`` strictly (no duplicate section or key); errors become one-line ConfigErrors."""
+    user = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#", ";"))
+    try:
+        with open(path, encoding="utf-8") as stream:
+            user.read_file(stream, source=str(path))
+    except configparser.DuplicateSectionError as err:
+        raise ConfigError(f"{path}: line {err.lineno}: section [{err.section}] appears twice") from None
+    except configparser.DuplicateOptionError as err:
+        raise ConfigError(
+            f"{path}: line {err.lineno}: key {err.option!r} appears twice in [{err.section}]"
+        ) from None
+    except configparser.MissingSectionHeaderError as err:
+        raise ConfigError(
+            f"{path}: line {err.lineno}: {err.line.strip()!r} comes before any [section] header"
+        ) from None
+    except configparser.ParsingError as err:
+        lineno, line = err.errors[0]
+        raise ConfigError(
+            f"{path}: line {lineno}: cannot parse {line.strip()!r} (expected 'key = value' or "
+            "'[section]')"
+        ) from None
+    except configparser.Error as err:
+        raise ConfigError(f"{path}: {' '.join(str(err).split())}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror or err}") from None
+    return user

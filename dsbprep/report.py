@@ -341,45 +341,59 @@ def summarize_dataset(
     """
     with open_dataset(path) as ds:
         kind = ds.kind
-        attrs = {
-            k: (
-                v.tolist()
-                if isinstance(v, np.ndarray)
-                else v.item()
-                if isinstance(v, np.generic)
-                else v
-            )
-            for k, v in ds.attrs.items()
-        }
+        attrs = {k: _plain(v) for k, v in ds.attrs.items()}
         cases = [_summarise_case(ds, i, kind) for i in range(len(ds))]
         failures = dict(ds.failures)
     lung_file = kind == "volume" and attrs.get("source") in ("lung", "nrrd")
     for c in cases:
-        if kind == "volume":
-            if lung_file:
-                c.flags += lung_flags(
-                    c.left_l,
-                    c.right_l,
-                    c.lungs_found,
-                    min_total_l=min_total_l,
-                    max_total_l=max_total_l,
-                    max_ratio=max_ratio,
-                )
-            elif not c.total_l:
-                c.flags.append((_WARN, "empty mask"))
-        else:
-            covered = sum(c.mask_fraction.values())
-            if covered > max_mask_fraction:
-                c.flags.append(
-                    (_WARN, f"mask covers {covered:.0%} of the image (> {max_mask_fraction:.0%})")
-                )
-        if c.warnings:
-            c.flags.append((_INFO, f"{len(c.warnings)} loader warning(s)"))
+        c.flags += _case_flags(c, kind, lung_file, min_total_l=min_total_l,
+                               max_total_l=max_total_l, max_ratio=max_ratio,
+                               max_mask_fraction=max_mask_fraction)
     totals = {c.case_id: c.total_l for c in cases if c.total_l}
     if lung_file:
         for cid, flag in outlier_flags(totals, mads=outlier_mads).items():
             next(c for c in cases if c.case_id == cid).flags.append(flag)
     cases.sort(key=lambda c: (-c.severity, c.case_id))
+    return DatasetSummary(
+        path=os.fspath(path),
+        kind=kind,
+        source=str(attrs.get("source", "")),
+        attrs=attrs,
+        cases=cases,
+        failures=failures,
+        stats=_dataset_stats(cases, totals),
+    )
+
+
+def _plain(value: Any) -> Any:
+    """An HDF5 attribute as a plain Python value (arrays -> lists, numpy scalars -> Python)."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _case_flags(c: CaseSummary, kind: str, lung_file: bool, *, min_total_l: float,
+                max_total_l: float, max_ratio: float, max_mask_fraction: float) -> list[tuple[int, str]]:
+    """One case's flags, outliers aside: lung volumes, empty or oversized masks, warnings."""
+    flags: list[tuple[int, str]] = []
+    if kind == "volume" and lung_file:
+        flags += lung_flags(c.left_l, c.right_l, c.lungs_found, min_total_l=min_total_l,
+                            max_total_l=max_total_l, max_ratio=max_ratio)
+    elif kind == "volume" and not c.total_l:
+        flags.append((_WARN, "empty mask"))
+    elif kind != "volume":
+        covered = sum(c.mask_fraction.values())
+        if covered > max_mask_fraction:
+            flags.append(
+                (_WARN, f"mask covers {covered:.0%} of the image (> {max_mask_fraction:.0%})")
+            )
+    if c.warnings:
+        flags.append((_INFO, f"{len(c.warnings)} loader warning(s)"))
+    return flags
+
+
+def _dataset_stats(cases: list[CaseSummary], totals: dict[str, float]) -> dict[str, Any]:
+    """Shape, spacing and lung volume statistics, box, flag and split counts."""
     stats: dict[str, Any] = {
         "shape": _stats(np.array([c.shape for c in cases])),
         "spacing_mm": _stats(np.array([c.spacing for c in cases])),
@@ -392,15 +406,7 @@ def summarize_dataset(
     }
     if totals:
         stats["total_lung_l"] = _stats(np.array(list(totals.values())))
-    return DatasetSummary(
-        path=os.fspath(path),
-        kind=kind,
-        source=str(attrs.get("source", "")),
-        attrs=attrs,
-        cases=cases,
-        failures=failures,
-        stats=stats,
-    )
+    return stats
 
 
 # ---------------------------------------------------------------------------------
@@ -616,67 +622,8 @@ def write_report(
         axial_slices=axial_slices,
         sheet_tiles=max(1, int(sheet_tiles)),
     )
-    a = summary.attrs
-    splits = ", ".join(f"{k or 'none'} {v}" for k, v in summary.stats["splits"].items())
-    n_fig = len(names)
-    head = (
-        f"<table><tr><th>file</th><td>{_e(os.path.abspath(summary.path))}</td></tr>"
-        f"<tr><th>kind / source</th><td>{_e(summary.kind)} / {_e(summary.source)}</td></tr>"
-        f"<tr><th>created by</th><td>{_e(a.get('creator', '?'))}, {_e(a.get('created', '?'))}, "
-        f"format {_e(a.get('format_version', '?'))}</td></tr>"
-        f"<tr><th>storage</th><td>compression {_e(a.get('compression', '?'))}, chunks "
-        f"{_e(a.get('chunks', '?'))}, pad value {_e(a.get('pad_value', '?'))}</td></tr>"
-        f"<tr><th>cases</th><td>{len(summary.cases)} stored, {len(summary.failures)} failed, "
-        f"{summary.stats['flagged']} flagged; splits {_e(splits)}; "
-        f"{summary.stats['boxes']} nodule boxes</td></tr></table>"
-    )
-    failures = (
-        "<p>None.</p>"
-        if not summary.failures
-        else "<table><tr><th>case</th><th>reason</th></tr>"
-        + "".join(
-            f'<tr class="sev3"><td>{_e(k)}</td><td>{_e(v)}</td></tr>'
-            for k, v in sorted(summary.failures.items())
-        )
-        + "</table>"
-    )
-    legend = (
-        "Figures: grey = stored image; outlines and faint fills = mask labels "
-        '(lung files: <b style="color:#1c3">green = label 1, the patient\'s left lung</b>, '
-        '<b style="color:#e81">orange = label 2, the right lung</b>); red boxes = nodules. '
-        "Slices are shown in stored array order without flips: for a standard axial scan "
-        "the patient's left is on the image's right (radiological convention), anterior at "
-        "the top; coronal and sagittal views have superior at the top. The letters on each "
-        "view's edges give the anatomical directions computed from the case's direction "
-        "cosines."
-    )
-    shown = (
-        f"Figures of the {n_fig} most suspicious of {len(summary.cases)} cases."
-        if n_fig < len(summary.cases)
-        else ""
-    )
-    page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<title>dsbprep QA report: {_e(os.path.basename(summary.path))}</title>
-<style>{_CSS}</style></head><body>
-<h1>dsbprep QA report: {_e(os.path.basename(summary.path))}</h1>
-{head}
-<h2>Failures ({len(summary.failures)})</h2>
-{failures}
-<h2>Statistics</h2>
-{_stats_rows(summary.stats)}
-<h2>Cases, suspicious first</h2>
-<p class="legend">Flags: red = almost surely wrong, orange = look at it, yellow = worth knowing.
-Lung volumes of lung files come from the segmentation on the original grid.</p>
-{_case_rows(summary, names)}
-<h2>Figures</h2>
-<p class="legend">{legend} {_e(shown)}</p>
-{figures}
-<p class="legend">Written by dsbprep.report in {time.perf_counter() - t0:.1f} s.</p>
-</body></html>
-"""
     index = out / "index.html"
-    index.write_text(page, encoding="utf-8")
+    index.write_text(_page(summary, figures, names, time.perf_counter() - t0), encoding="utf-8")
     (out / "summary.json").write_text(
         json.dumps(summary.to_json(), indent=1, default=str), encoding="utf-8"
     )
@@ -688,6 +635,80 @@ Lung volumes of lung files come from the segmentation on the original grid.</p>
         index,
     )
     return index
+
+
+#: The figures' legend in the page.
+_FIGURE_LEGEND = (
+    "Figures: grey = stored image; outlines and faint fills = mask labels "
+    '(lung files: <b style="color:#1c3">green = label 1, the patient\'s left lung</b>, '
+    '<b style="color:#e81">orange = label 2, the right lung</b>); red boxes = nodules. '
+    "Slices are shown in stored array order without flips: for a standard axial scan "
+    "the patient's left is on the image's right (radiological convention), anterior at "
+    "the top; coronal and sagittal views have superior at the top. The letters on each "
+    "view's edges give the anatomical directions computed from the case's direction "
+    "cosines."
+)
+
+
+def _head_table(summary: DatasetSummary) -> str:
+    """The file's table: path, kind and source, creator, storage, case counts."""
+    a = summary.attrs
+    splits = ", ".join(f"{k or 'none'} {v}" for k, v in summary.stats["splits"].items())
+    return (
+        f"<table><tr><th>file</th><td>{_e(os.path.abspath(summary.path))}</td></tr>"
+        f"<tr><th>kind / source</th><td>{_e(summary.kind)} / {_e(summary.source)}</td></tr>"
+        f"<tr><th>created by</th><td>{_e(a.get('creator', '?'))}, {_e(a.get('created', '?'))}, "
+        f"format {_e(a.get('format_version', '?'))}</td></tr>"
+        f"<tr><th>storage</th><td>compression {_e(a.get('compression', '?'))}, chunks "
+        f"{_e(a.get('chunks', '?'))}, pad value {_e(a.get('pad_value', '?'))}</td></tr>"
+        f"<tr><th>cases</th><td>{len(summary.cases)} stored, {len(summary.failures)} failed, "
+        f"{summary.stats['flagged']} flagged; splits {_e(splits)}; "
+        f"{summary.stats['boxes']} nodule boxes</td></tr></table>"
+    )
+
+
+def _failures_table(failures: dict[str, str]) -> str:
+    if not failures:
+        return "<p>None.</p>"
+    return (
+        "<table><tr><th>case</th><th>reason</th></tr>"
+        + "".join(
+            f'<tr class="sev3"><td>{_e(k)}</td><td>{_e(v)}</td></tr>'
+            for k, v in sorted(failures.items())
+        )
+        + "</table>"
+    )
+
+
+def _page(summary: DatasetSummary, figures: str, names: dict[str, str], seconds: float) -> str:
+    """The whole ``index.html``."""
+    n_fig = len(names)
+    shown = (
+        f"Figures of the {n_fig} most suspicious of {len(summary.cases)} cases."
+        if n_fig < len(summary.cases)
+        else ""
+    )
+    name = _e(os.path.basename(summary.path))
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>dsbprep QA report: {name}</title>
+<style>{_CSS}</style></head><body>
+<h1>dsbprep QA report: {name}</h1>
+{_head_table(summary)}
+<h2>Failures ({len(summary.failures)})</h2>
+{_failures_table(summary.failures)}
+<h2>Statistics</h2>
+{_stats_rows(summary.stats)}
+<h2>Cases, suspicious first</h2>
+<p class="legend">Flags: red = almost surely wrong, orange = look at it, yellow = worth knowing.
+Lung volumes of lung files come from the segmentation on the original grid.</p>
+{_case_rows(summary, names)}
+<h2>Figures</h2>
+<p class="legend">{_FIGURE_LEGEND} {_e(shown)}</p>
+{figures}
+<p class="legend">Written by dsbprep.report in {seconds:.1f} s.</p>
+</body></html>
+"""
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -333,26 +334,15 @@ def draw_slice(
     int
         Number of boxes drawn.
     """
-    name, (row, col), origin = VIEWS[int(axis)]
+    _, (row, col), origin = VIEWS[int(axis)]
     window = display_window(image) if window is None else window
     aspect = float(spacing[row]) / float(spacing[col])
     if mask is not None and fill_alpha > 0:
-        ax.imshow(
-            overlay_rgb(image, mask, fill_alpha, window=window),
-            origin=origin,
-            aspect=aspect,
-            interpolation="nearest",
-        )
+        shown = overlay_rgb(image, mask, fill_alpha, window=window)
+        ax.imshow(shown, origin=origin, aspect=aspect, interpolation="nearest")
     else:
-        ax.imshow(
-            image,
-            cmap="gray",
-            vmin=window[0],
-            vmax=window[1],
-            origin=origin,
-            aspect=aspect,
-            interpolation="nearest",
-        )
+        ax.imshow(image, cmap="gray", vmin=window[0], vmax=window[1], origin=origin,
+                  aspect=aspect, interpolation="nearest")
     if mask is not None:
         for label in np.unique(mask[mask > 0]):
             for c in _contours(mask == label):
@@ -361,22 +351,27 @@ def draw_slice(
     ax.set_xlim(-0.5, image.shape[1] - 0.5)
     ax.set_ylim((image.shape[0] - 0.5, -0.5) if origin == "upper" else (-0.5, image.shape[0] - 0.5))
     if letters:
-        where = view_letters(direction, int(axis))
-        style = {
-            "color": "yellow",
-            "fontsize": 7,
-            "fontweight": "bold",
-            "transform": ax.transAxes,
-            "bbox": {"facecolor": "black", "alpha": 0.6, "pad": 1.0, "linewidth": 0},
-        }
-        ax.text(0.01, 0.5, where["left"], ha="left", va="center", **style)
-        ax.text(0.99, 0.5, where["right"], ha="right", va="center", **style)
-        ax.text(0.5, 0.99, where["top"], ha="center", va="top", **style)
-        ax.text(0.5, 0.01, where["bottom"], ha="center", va="bottom", **style)
+        _edge_letters(ax, view_letters(direction, int(axis)))
     if title:
-        ax.set_title(title, fontsize=8)
+        ax.set_title(title, fontsize=8, parse_math=False)
     ax.set_axis_off()
     return n
+
+
+def _edge_letters(ax: Any, where: Mapping[str, str]) -> None:
+    """Print the anatomical letters of :func:`view_letters` on the edges of ``ax``."""
+    style = {
+        "color": "yellow",
+        "fontsize": 7,
+        "fontweight": "bold",
+        "transform": ax.transAxes,
+        "bbox": {"facecolor": "black", "alpha": 0.6, "pad": 1.0, "linewidth": 0},
+        "parse_math": False,
+    }
+    ax.text(0.01, 0.5, where["left"], ha="left", va="center", **style)
+    ax.text(0.99, 0.5, where["right"], ha="right", va="center", **style)
+    ax.text(0.5, 0.99, where["top"], ha="center", va="top", **style)
+    ax.text(0.5, 0.01, where["bottom"], ha="center", va="bottom", **style)
 
 
 def _legend(
@@ -398,7 +393,7 @@ def _legend(
     if boxes:
         handles.append(Line2D([], [], color=BOX_COLOUR, linewidth=2, label="nodule box"))
     if handles:
-        fig.legend(
+        legend = fig.legend(
             handles=handles,
             loc="lower left",
             bbox_to_anchor=(0.0, 0.018),
@@ -406,7 +401,9 @@ def _legend(
             fontsize=8,
             frameon=False,
         )
-    fig.text(0.01, 0.004, note, ha="left", va="bottom", fontsize=7)
+        for text in legend.get_texts():  # label names come from the file's meta: plain text
+            text.set_parse_math(False)
+    fig.text(0.01, 0.004, note, ha="left", va="bottom", fontsize=7, parse_math=False)
 
 
 def _short(text: str, limit: int = _TITLE_CHARS) -> str:
@@ -485,6 +482,52 @@ def _is_box_slice(z: int, boxes: np.ndarray) -> bool:
     return bool(np.any(np.abs(z - boxes[:, 0]) <= np.maximum(boxes[:, 3], 1) / 2))
 
 
+@dataclass
+class _CaseView:
+    """A case's arrays read once, with what every case figure needs to draw them."""
+
+    image: np.ndarray
+    mask: np.ndarray
+    boxes: np.ndarray
+    spacing: tuple[float, ...]
+    direction: np.ndarray | None
+    window: tuple[float, float]
+
+    @classmethod
+    def of(cls, case: Any) -> _CaseView:
+        image, mask, boxes = _case_arrays(case)
+        return cls(image, mask, boxes, tuple(case.spacing), getattr(case, "direction", None),
+                   display_window(image))
+
+    @property
+    def labels(self) -> list[int]:
+        return [int(v) for v in np.unique(self.mask[self.mask > 0])]
+
+    def title(self, case: Any) -> str:
+        return (f"{case.case_id}  shape {tuple(case.shape)}  spacing "
+                f"{tuple(round(s, 3) for s in self.spacing)} mm")
+
+    def draw_view(self, ax: Any, axis: int) -> None:
+        """The plane along ``axis`` through the first box or the mask's centroid.
+
+        The sagittal plane goes through label 1 (the left lung), which the centroid of
+        both lungs would miss.
+        """
+        centre = _centre(self.mask, self.boxes, self.image.shape, label=1 if axis == 2 else None)
+        _draw_view(ax, self.image, self.mask, axis, int(centre[axis]), boxes=self.boxes,
+                   spacing=self.spacing, direction=self.direction, window=self.window)
+
+
+def _save(fig: Any, path: str | os.PathLike, dpi: int, rect: tuple[float, ...]) -> Path:
+    """Lay out ``fig`` in ``rect`` (room left for the legend), write it as PNG, close it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout(rect=rect)
+    fig.savefig(path, dpi=dpi)
+    _plt().close(fig)
+    return path
+
+
 def save_case_figure(case: Any, path: str | os.PathLike, *, dpi: int = 90) -> Path:
     """Save a PNG of a stored case: axial, coronal and sagittal planes with contours and boxes.
 
@@ -506,55 +549,23 @@ def save_case_figure(case: Any, path: str | os.PathLike, *, dpi: int = 90) -> Pa
     -------
     Path
     """
+    v = _CaseView.of(case)
     plt = _plt()
-    image, mask, boxes = _case_arrays(case)
-    spacing = tuple(case.spacing)
-    direction = getattr(case, "direction", None)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    window = display_window(image)
-    labels = [int(v) for v in np.unique(mask[mask > 0])]
-    if image.shape[0] == 1:
+    if v.image.shape[0] == 1:
         fig, axes = plt.subplots(1, 2, figsize=(8, 4.6))
-        draw_slice(
-            axes[0],
-            image[0],
-            None,
-            window=window,
-            letters=False,
-            spacing=spacing,
-            title=f"{case.case_id}: image",
-        )
-        draw_slice(
-            axes[1],
-            image[0],
-            mask[0],
-            boxes=boxes,
-            window=window,
-            letters=False,
-            spacing=spacing,
-            title="mask outlines",
-        )
-        note = orientation_note(direction, 2)
+        draw_slice(axes[0], v.image[0], None, window=v.window, letters=False, spacing=v.spacing,
+                   title=f"{case.case_id}: image")
+        draw_slice(axes[1], v.image[0], v.mask[0], boxes=v.boxes, window=v.window, letters=False,
+                   spacing=v.spacing, title="mask outlines")
+        note = orientation_note(v.direction, 2)
     else:
-        centre = _centre(mask, boxes, image.shape)
-        sag = _centre(mask, boxes, image.shape, label=1)
         fig, axes = plt.subplots(1, 3, figsize=(13, 5.0))
         for ax, axis in zip(axes, (0, 1, 2), strict=True):
-            index = int(sag[2] if axis == 2 else centre[axis])
-            _draw_view(ax, image, mask, axis, index, boxes=boxes, spacing=spacing,
-                       direction=direction, window=window)
-        note = orientation_note(direction, 3)
-        fig.suptitle(
-            f"{case.case_id}  shape {tuple(case.shape)}  spacing "
-            f"{tuple(round(s, 3) for s in spacing)} mm",
-            fontsize=10,
-        )
-    _legend(fig, labels, _label_names(case), note, bool(len(boxes)))
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
+            v.draw_view(ax, axis)
+        note = orientation_note(v.direction, 3)
+        fig.suptitle(v.title(case), fontsize=10, parse_math=False)
+    _legend(fig, v.labels, _label_names(case), note, bool(len(v.boxes)))
+    return _save(fig, path, dpi, rect=(0, 0.08, 1, 1))
 
 
 def save_case_montage(
@@ -587,54 +598,22 @@ def save_case_montage(
     -------
     Path
     """
-    plt = _plt()
-    image, mask, boxes = _case_arrays(case)
-    spacing = tuple(case.spacing)
-    direction = getattr(case, "direction", None)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    window = display_window(image)
-    zs = montage_slices(mask, boxes, n_axial)
+    v = _CaseView.of(case)
+    zs = montage_slices(v.mask, v.boxes, n_axial)
     rows = -(-len(zs) // columns)
-    fig = plt.figure(figsize=(2.3 * columns, 2.3 * rows + 5.5))
+    fig = _plt().figure(figsize=(2.3 * columns, 2.3 * rows + 5.5))
     grid = fig.add_gridspec(rows + 1, columns, height_ratios=[1.0] * rows + [2.4])
     for k, z in enumerate(zs):
         ax = fig.add_subplot(grid[k // columns, k % columns])
-        mark = " nodule" if len(boxes) and _is_box_slice(z, boxes) else ""
-        draw_slice(
-            ax,
-            image[z],
-            mask[z],
-            boxes=boxes,
-            axis=0,
-            index=z,
-            spacing=spacing,
-            direction=direction,
-            window=window,
-            title=f"axial z={z}{mark}",
-        )
-    centre = _centre(mask, boxes, image.shape)
-    sag = _centre(mask, boxes, image.shape, label=1)
+        mark = " nodule" if len(v.boxes) and _is_box_slice(z, v.boxes) else ""
+        draw_slice(ax, v.image[z], v.mask[z], boxes=v.boxes, axis=0, index=z, spacing=v.spacing,
+                   direction=v.direction, window=v.window, title=f"axial z={z}{mark}")
     half = columns // 2
-    for axis, index, cols in (
-        (1, int(centre[1]), slice(0, half)),
-        (2, int(sag[2]), slice(half, columns)),
-    ):
-        ax = fig.add_subplot(grid[rows, cols])
-        _draw_view(ax, image, mask, axis, index, boxes=boxes, spacing=spacing,
-                   direction=direction, window=window)
-    labels = [int(v) for v in np.unique(mask[mask > 0])]
-    fig.suptitle(
-        title
-        or f"{case.case_id}  shape {tuple(case.shape)}  spacing "
-        f"{tuple(round(s, 3) for s in spacing)} mm",
-        fontsize=10,
-    )
-    _legend(fig, labels, _label_names(case), orientation_note(direction, 3), bool(len(boxes)))
-    fig.tight_layout(rect=(0, 0.05, 1, 0.97))
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
+    v.draw_view(fig.add_subplot(grid[rows, slice(0, half)]), 1)
+    v.draw_view(fig.add_subplot(grid[rows, slice(half, columns)]), 2)
+    fig.suptitle(title or v.title(case), fontsize=10, parse_math=False)
+    _legend(fig, v.labels, _label_names(case), orientation_note(v.direction, 3), bool(len(v.boxes)))
+    return _save(fig, path, dpi, rect=(0, 0.05, 1, 0.97))
 
 
 def save_slices_figure(
@@ -668,8 +647,6 @@ def save_slices_figure(
     plt = _plt()
     if not cases:
         raise ValueError(f"{path}: no cases to draw")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     columns = max(1, min(int(columns), len(cases)))
     rows = -(-len(cases) // columns)
     fig, axes = plt.subplots(
@@ -700,10 +677,7 @@ def save_slices_figure(
             title=_short(titles[k] if titles else str(case.case_id)),
         )
     _legend(fig, sorted(labels), names, orientation_note(None, 2), any_boxes)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi, rect=(0, 0.07, 1, 1))
 
 
 def save_patches_figure(samples: Sequence[Any], path: str | os.PathLike, *, dpi: int = 80) -> Path:
@@ -727,8 +701,6 @@ def save_patches_figure(samples: Sequence[Any], path: str | os.PathLike, *, dpi:
     plt = _plt()
     if not samples:
         raise ValueError(f"{path}: no patches to draw")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(2, len(samples), figsize=(4 * len(samples), 8.6), squeeze=False)
     labels: set[int] = set()
     for col, s in enumerate(samples):
@@ -769,7 +741,4 @@ def save_patches_figure(samples: Sequence[Any], path: str | os.PathLike, *, dpi:
         "Patches after augmentation (flips/rotations change the orientation); middle axial slice.",
         False,
     )
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi, rect=(0, 0.07, 1, 1))

@@ -26,7 +26,7 @@ import psutil
 import pydicom
 import pytest
 
-from dsbprep.build import KILL_CASES_ENV, KILL_ONCE_DIR_ENV, WORKER_DIED, main, run_build
+from dsbprep.build import WORKER_DIED, main, run_build
 from dsbprep.config import load_config
 from dsbprep.store import DatasetWriter, case_checksum, open_dataset
 from dsbprep.verify import main as verify_main
@@ -357,16 +357,37 @@ def test_sigkill_at_random_moments_then_resume(cohort, tmp_path):
     )
 
 
+#: A build in a child process whose source SIGKILLs the workers of some cases (tests/faults.py):
+#: argv = data folder, output file, case ids killed every time, ids killed once, marker folder.
+_KILLING_BUILD = """
+import logging, sys
+from dsbprep.build import report_lines, run_build
+from dsbprep.config import load_config
+from dsbprep.sources import get_source
+from faults import KillingSource
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+data, out, kill, kill_once, marker_dir = sys.argv[1:]
+config = load_config(None)
+source = KillingSource(get_source("lung", config), kill=frozenset(kill.split(",")),
+                       kill_once=frozenset(kill_once.split(",")), marker_dir=marker_dir)
+report = run_build(config, data_directory=data, output_filename=out, workers=2, progress=False,
+                   source=source)
+print("\\n".join(report_lines(out, report)))
+sys.exit(1 if report.failed else 0)
+"""
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_worker_killed_by_its_case_is_retried_once_then_failed(cohort, tmp_path):
     data, clean, _ = cohort
     out = tmp_path / "w.h5"
-    env = _env(**{KILL_CASES_ENV: "case1,case3:once", KILL_ONCE_DIR_ENV: str(tmp_path)})
+    env = _env(PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'tests'}")
     done = subprocess.run(
-        _build_cmd(data, out, 2, "--strict"), env=env, capture_output=True, text=True, timeout=280
+        [sys.executable, "-c", _KILLING_BUILD, str(data), str(out), "case1", "case3", str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=280,
     )
-    assert done.returncode == 1, done.stderr  # --strict and one failed case
+    assert done.returncode == 1, done.stderr  # one failed case
     assert "built 4, skipped 0 (already stored), failed 1" in done.stdout
     assert f"FAILED case1: case1: {WORKER_DIED}" in done.stdout
     assert (
@@ -377,6 +398,32 @@ def test_worker_killed_by_its_case_is_retried_once_then_failed(cohort, tmp_path)
     assert stored == {cid: s for cid, s in clean.items() if cid != "case1"}
     with open_dataset(out) as ds:
         assert ds.failures["case1"].startswith(f"case1: {WORKER_DIED}")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_case_over_the_worker_memory_limit_fails_with_memory_error(cohort, tmp_path):
+    """A real loky worker hits its RLIMIT_AS: that case fails (MemoryError), the build goes on."""
+    from faults import GreedySource
+
+    from dsbprep.sources import get_source
+
+    data, clean, _ = cohort
+    out = tmp_path / "m.h5"
+    limit_gb = 1.5
+    config = load_config(None).with_overrides({"build": {"worker_memory_limit_gb": limit_gb}})
+    writer_limit = resource.getrlimit(resource.RLIMIT_AS)
+    source = GreedySource(get_source("lung", config), greedy=frozenset({"case2"}), nbytes=3 * 2**30)
+    report = run_build(config, data_directory=data, output_filename=out, workers=2,
+                       progress=False, source=source)
+    assert sorted(report.built) == sorted(cid for cid in clean if cid != "case2")
+    reason = report.failed["case2"]
+    assert reason.startswith("case2: MemoryError: out of memory while processing"), reason
+    assert f"worker address-space limit {limit_gb:g} GB" in reason
+    assert resource.getrlimit(resource.RLIMIT_AS) == writer_limit  # the writer is not limited
+    assert _checksums(out) == {cid: s for cid, s in clean.items() if cid != "case2"}
+    with open_dataset(out) as ds:
+        assert ds.failures["case2"] == reason
 
 
 def _busy_workers(build: psutil.Process, min_cpu_s: float = 1.0) -> list[psutil.Process]:

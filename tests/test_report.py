@@ -9,6 +9,7 @@ LIDC slice against the anatomy documented in ../shared/data/lidc-idri/PROVENANCE
 from __future__ import annotations
 
 import doctest
+import html
 import json
 from pathlib import Path
 
@@ -316,6 +317,31 @@ def test_2d_big_mask_flagged_and_drawn(tmp_path):
     assert "mask covers 80% of the image" in summary.cases[0].flags[0][1]
     write_report(path, tmp_path / "rep")
     assert _png_ok(tmp_path / "rep" / "sheets" / "sheet_000.png", 5_000)
+
+
+def test_case_ids_and_label_names_with_dollars_are_drawn_as_plain_text(tmp_path):
+    """``$...$`` would be matplotlib math text: an unbalanced or invalid one broke the report."""
+    bad_ids = ["p$1", r"scan $\frac{$", "a$_b$c^$"]
+    path = tmp_path / "dollars.h5"
+    with DatasetWriter(path, chunks=(8, 16, 16), pad_value=170, attrs={"source": "lung"}) as w:
+        for case_id in bad_ids:
+            w.append(_lung_case(case_id, 1700.0, 1900.0))
+    index = write_report(path, tmp_path / "rep", axial_slices=2)
+    page = index.read_text()
+    assert all(html.escape(cid) in page for cid in bad_ids)
+    assert all(_png_ok(p, 5_000) for p in (tmp_path / "rep" / "cases").iterdir())
+    assert len(list((tmp_path / "rep" / "cases").iterdir())) == len(bad_ids)
+    sheet = tmp_path / "s.h5"  # 2-D: tile titles, and label names from the meta in the legend
+    with DatasetWriter(sheet, kind="slices", image_dtype="int16", attrs={"source": "rle"}) as w:
+        mask = np.zeros((32, 32), np.uint8)
+        mask[8:16, 8:16] = 1
+        for case_id in bad_ids:
+            w.append(CaseData(case_id, np.zeros((32, 32), np.int16), mask, spacing=(1.0, 1.0, 1.0),
+                              meta={"labels": {"1": "$\\notacommand$"}}))
+    write_report(sheet, tmp_path / "rep2")
+    assert _png_ok(tmp_path / "rep2" / "sheets" / "sheet_000.png", 5_000)
+    with open_dataset(path) as ds:  # the build's --print_random_image figure
+        assert _png_ok(viz.save_case_figure(ds[bad_ids[1]], tmp_path / "one.png"), 5_000)
 
 
 # ---------------------------------------------------------------------------------------------
