@@ -564,11 +564,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    _status = main()
-    from .store import FILES_LEFT_OPEN
+    from .cli import exit_with
 
-    if FILES_LEFT_OPEN:  # HDF5 would crash at exit trying to flush a file it cannot write
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(_status)
-    raise SystemExit(_status)
+    exit_with(main())

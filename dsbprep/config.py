@@ -11,6 +11,7 @@ booleans (true/false), comma-separated tuples, or strings.
 
 from __future__ import annotations
 
+import ast
 import configparser
 import os
 from collections.abc import Mapping
@@ -292,6 +293,10 @@ def _read_user_file(path: Path) -> configparser.ConfigParser:
         ) from None
     except configparser.ParsingError as err:
         lineno, line = err.errors[0]
+        try:  # configparser stores repr(line)
+            line = ast.literal_eval(line)
+        except (ValueError, SyntaxError):
+            pass
         raise ConfigError(
             f"{path}: line {lineno}: cannot parse {line.strip()!r} (expected 'key = value' or "
             "'[section]')"

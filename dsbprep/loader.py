@@ -695,9 +695,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .errors import DsbprepError
 
     args = _parser().parse_args(argv)
-    config = load_config(args.config)
-    path = args.input_filename or config.get("paths", "output_filename")
     try:
+        config = load_config(args.config)
+        path = args.input_filename or config.get("paths", "output_filename")
         loader = loader_from_config(
             path, config, batch_size=args.batchsize, epochs=args.epochs, seed=args.seed
         )

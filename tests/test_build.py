@@ -116,6 +116,32 @@ def test_print_random_image(clean_build, tmp_path, capsys):
     assert fig.stat().st_size > 10_000
 
 
+def test_report_and_figure_go_next_to_another_output_file(clean_build, tmp_path, monkeypatch, capsys):
+    """--output_filename elsewhere: the report and figure default beside it, not to ./data/."""
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    project.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(project)  # the configured report and figure are data/... of this folder
+    out = elsewhere / "x.h5"
+    shutil.copy(clean_build, out)
+    (tmp_path / "nothing-new").mkdir()
+    argv = ["--data_directory", str(tmp_path / "nothing-new"), "--output_filename", str(out),
+            "--print_random_image", "--no-progress"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    report = elsewhere / "x_build_report.json"
+    assert f"report {report}" in printed and json.loads(report.read_text())["built"] == []
+    assert (elsewhere / "x_random_case.png").stat().st_size > 10_000
+    assert not (project / "data").exists()  # the default build's report is left alone
+    # the configured output keeps the configured report and figure paths
+    (project / "data").mkdir()
+    shutil.copy(clean_build, project / "data" / "dsbprep.h5")
+    argv[3] = "data/dsbprep.h5"
+    assert main(argv) == 0
+    assert (project / "data" / "build_report.json").is_file()
+    assert (project / "data" / "random_case.png").stat().st_size > 10_000
+
+
 def test_missing_input_is_an_error_exit(tmp_path, capsys):
     # a folder that exists but holds only a file with no DICOM -> one failed case, exit 0;
     # a config naming an unknown key -> exit 2 with the key named

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import configparser
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 import dsbprep
-from dsbprep.config import DEFAULTS, load_config, parse_value
+from dsbprep.config import DEFAULTS, ConfigError, load_config, parse_value
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,3 +60,48 @@ def test_segmentation_section_matches_segment_defaults():
     assert cfg.keys() == CONFIG_DEFAULTS.keys()
     for key, value in CONFIG_DEFAULTS.items():
         assert cfg[key] == pytest.approx(value), key
+
+
+#: Malformed config files -> the one-line message each must give (after the file name).
+BAD_FILES = {
+    "dup-key": ("[build]\nworkers = 2\nworkers = 3\n", "line 3: key 'workers' appears twice in [build]"),
+    "dup-section": ("[build]\nworkers = 2\n[paths]\n[build]\n", "line 4: section [build] appears twice"),
+    "no-header": ("workers = 2\n", "line 1: 'workers = 2' comes before any [section] header"),
+    "garbage": ("[build]\nworkers 2\n", "line 2: cannot parse 'workers 2'"),
+    "not-utf8": (b"[build]\nworkers = \xff\xfe\n", "not UTF-8 text"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_FILES))
+def test_malformed_files_are_one_line_errors_naming_the_file(tmp_path, name):
+    text, message = BAD_FILES[name]
+    path = tmp_path / f"{name}.ini"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).startswith(f"{path}: ") and message in str(info.value)
+    assert "\n" not in str(info.value)
+    assert isinstance(info.value, ValueError)  # callers catching ValueError keep working
+
+
+@pytest.mark.parametrize("command", ["build", "report", "loader"])
+def test_every_cli_reading_a_config_says_one_line(tmp_path, command):
+    """``python -m dsbprep CMD --config BAD``: exit 2, one line naming the file, no traceback."""
+    bad = tmp_path / "bad.ini"
+    bad.write_text("[build]\nworkers = 2\nworkers = 3\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "dsbprep", command, "--config", str(bad)],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{bad}: line 3: key 'workers' appears twice in [build]" in lines[0]
+
+
+def test_with_overrides_copies(tmp_path):
+    base = load_config(None)
+    copy = base.with_overrides({"build": {"workers": 7, "backend": None}})
+    assert copy.get("build", "workers") == 7 and base.get("build", "workers") == 2
+    assert copy.get("build", "backend") == base.get("build", "backend")

@@ -1,0 +1,5 @@
+"""``python -m dsbprep COMMAND ...``: the ``dsbprep`` command (:mod:`dsbprep.cli`)."""
+
+from .cli import console
+
+console()
