@@ -3,11 +3,41 @@
 The public API is importable from the package root; submodules load on first
 use so that ``import dsbprep`` stays cheap (no matplotlib, torch or dask).
 
-Pipeline stages, one module each: ``dicom`` (series loading, HU), ``segment``
-(grt123 lung masks), ``preprocess`` (training volume), ``store`` (the HDF5
-format), ``build`` (the parallel, resumable build), ``loader`` (patches and
-batches), ``augment`` (random transforms), ``sources`` (contour, RLE and NRRD
-mask sources), ``metrics``.
+The map of the package, in pipeline order: follow a case from DICOM to patch.
+
+Inputs
+    ``phantom``      the embedded default cohort: synthetic chest CTs written as DICOM
+    ``io``           file readers (DICOM, MetaImage, NIfTI, NRRD)
+    ``dicom``        a folder of DICOM slices -> one HU volume with its geometry
+    ``sources``      one input layout per source (lung CT, contours, RLE, NRRD) -> cases
+Per case (in the build's worker processes)
+    ``segment``      grt123's left/right lung segmentation of the HU volume
+    ``geometry``     voxel <-> world coordinates, bounding boxes
+    ``preprocess``   HU volume + lung masks -> grt123's training volume
+    ``annotations``  nodule annotations (LIDC XML, LUNA16 CSV) -> boxes in the stored frame
+    ``splits``       train/val/test assignment by patient
+    ``encode``       a case -> the file's compressed chunks, away from the writer
+Dataset file
+    ``store``        the HDF5 format: format, writer, reader, recovery
+    ``build``        discover cases, process them in parallel, append them (resumable)
+    ``verify``       re-read every case and check it
+    ``report``       the visual QA report (HTML + PNGs)
+    ``viz``          every figure: cases, slices, patches
+Training
+    ``patches``      where to cut patches: samplers of patch origins
+    ``augment``      random spatial transforms, drawn then applied
+    ``loader``       batches of augmented patches, reproducible and worker-safe
+    ``adapters``     PyTorch and Keras datasets over the loader
+Afterwards
+    ``export``       grt123 ``_clean.npy``/``_label.npy`` or npz files
+    ``evaluate``     scores of predicted masks against ground truth, per case
+    ``metrics``      Dice, surface Dice, percentile Hausdorff distance
+Around
+    ``config``       ``config.ini``: every path and parameter
+    ``errors``       dsbprep's exception types
+    ``cli``          the ``dsbprep`` command (``python -m dsbprep``): one subcommand per
+                     command module (build, report, phantom, loader, export, evaluate, verify)
+    ``sample``       old name of ``phantom`` (alias)
 """
 
 from __future__ import annotations
