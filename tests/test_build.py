@@ -125,6 +125,7 @@ def test_report_and_figure_go_next_to_another_output_file(clean_build, tmp_path,
     out = elsewhere / "x.h5"
     shutil.copy(clean_build, out)
     (tmp_path / "nothing-new").mkdir()
+    (tmp_path / "nothing-new" / "x.txt").write_text("no dicom here")  # not empty: no cohort
     argv = ["--data_directory", str(tmp_path / "nothing-new"), "--output_filename", str(out),
             "--print_random_image", "--no-progress"]
     assert main(argv) == 0

@@ -12,6 +12,8 @@ substitutions:
   ``/data/luna16/annotations.csv`` -> a one-row LUNA16 CSV for that scan;
   ``/data/predictions.h5`` -> the built file itself; any other ``/data/...`` -> a scratch
   folder.
+* ``.venv/bin/dsbprep`` -> the console script ``pip install`` wrote; a venv installed before
+  the entry point existed gets the script pip would write for setup.cfg's entry point.
 * ``dask scheduler`` and ``dask worker`` lines are long-running services: they are started
   in the background on this machine (scheduler-host -> 127.0.0.1, a free port) and stopped
   after their block.
@@ -21,6 +23,7 @@ A block fails the test when its shell exits non-zero. Then a few outputs are che
 
 from __future__ import annotations
 
+import configparser
 import json
 import os
 import re
@@ -110,6 +113,26 @@ def project(tmp_path_factory) -> Path:
     return proj
 
 
+def _console_script(proj: Path) -> str:
+    """The ``dsbprep`` console script of the project's venv, or the one pip would write."""
+    installed = proj / ".venv" / "bin" / "dsbprep"
+    if installed.exists():
+        return ".venv/bin/dsbprep"
+    setup = configparser.ConfigParser()
+    setup.read(REPO / "setup.cfg")
+    (line,) = setup["options.entry_points"]["console_scripts"].strip().splitlines()
+    name, target = (part.strip() for part in line.split("="))
+    module, func = target.split(":")
+    script = proj.parent / "bin" / name
+    script.parent.mkdir(exist_ok=True)
+    script.write_text(
+        f"#!{proj / '.venv' / 'bin' / 'python'}\nimport sys\nfrom {module} import {func}\n"
+        f"sys.exit({func}())\n"
+    )
+    script.chmod(0o755)
+    return str(script)
+
+
 def _substitute(code: str, proj: Path, port: int) -> str:
     root = proj.parent
     lidc = root / "LIDC-IDRI" if LIDC.is_dir() else proj / "data" / "input"
@@ -167,7 +190,9 @@ def test_every_readme_command_runs(project):
     env.pop("MPLBACKEND", None)
     port = _free_port()
     outputs = []
+    dsbprep_command = _console_script(project)
     for lang, code in readme_blocks(README.read_text()):
+        code = code.replace(".venv/bin/dsbprep", dsbprep_command)
         if lang == "bash":
             lines = [
                 line for line in code.splitlines() if line.strip() != "make test"
