@@ -1,6 +1,6 @@
 """Build a dsbprep dataset: discover cases, process them in parallel, append them to one file.
 
-``python -m dsbprep.build`` (or ``make dataset``). One process - this one - is
+``python -m dsbprep.build`` (or ``dsbprep build``, ``make dataset``). One process - this one - is
 the only writer; per-case work runs in worker processes (joblib/loky by
 default, or a dask.distributed cluster) and finished cases stream back to it.
 A case that fails is recorded with its reason and the build goes on. Re-running
