@@ -114,3 +114,81 @@ def test_malformed_csv_bytes_are_clear_errors(tmp_path, data, message):
     path.write_bytes(data)
     with pytest.raises(MaskSourceError, match=message):
         read_rle_csv(path)
+
+
+# --- a Deflated Explicit VR DICOM that inflates to gigabytes, in the RLE discovery pass ---
+
+DEFLATED = "1.2.840.10008.1.2.1.99"
+BOMB_INFLATED_BYTES = 2 * 2**30
+
+
+def write_deflate_bomb(path, patient_id="BOMB", inflated=BOMB_INFLATED_BYTES):
+    """Write a ~2 MB Deflated-Explicit-VR DICOM whose body inflates to ``inflated`` bytes.
+
+    The body is a real small header (PatientID first) followed by an OB element of
+    zeros. Identical deflate blocks ended with a full flush can be repeated, so the
+    file is made in a fraction of a second.
+    """
+    import io
+    import zlib
+
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.filewriter import write_dataset, write_file_meta_info
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    meta.MediaStorageSOPInstanceUID = "1.2.3.4.5"
+    meta.TransferSyntaxUID = DEFLATED
+    ds = Dataset()
+    ds.PatientID = patient_id
+    ds.Modality = "CR"
+    body = io.BytesIO()
+    fp = pydicom.filebase.DicomFileLike(body)
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_dataset(fp, ds)
+    chunk = 16 * 2**20
+    n = inflated // chunk
+    # (0009,1010) OB, explicit VR long form: tag, 'OB', 2 reserved bytes, 4-byte length
+    head = body.getvalue() + b"\x09\x00\x10\x10OB\x00\x00" + (n * chunk).to_bytes(4, "little")
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    first = c.compress(head) + c.flush(zlib.Z_FULL_FLUSH)
+    block = c.compress(bytes(chunk)) + c.flush(zlib.Z_FULL_FLUSH)
+    with open(path, "wb") as fh:
+        fh.write(b"\0" * 128 + b"DICM")
+        write_file_meta_info(pydicom.filebase.DicomFileLike(fh), meta, enforce_standard=True)
+        fh.write(first)
+        for _ in range(n):
+            fh.write(block)
+        fh.write(c.flush(zlib.Z_FINISH))
+    return path
+
+
+def _peak_rss_of(code: str) -> tuple[int, str]:
+    """Run ``code`` in a fresh Python; return (its peak RSS in bytes, its stderr)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import resource, sys\n" + code +
+        "\nprint(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return int(done.stderr.strip().splitlines()[-1]), done.stderr
+
+
+def test_rle_discovery_does_not_inflate_a_deflate_bomb(tmp_path, siim_dir):
+    root = tmp_path / "data"
+    root.mkdir()
+    good = next((siim_dir / "sample-data").glob("*.dcm"))
+    shutil.copy(good, root / good.name)
+    write_deflate_bomb(root / "bomb.dcm")
+    assert (root / "bomb.dcm").stat().st_size < 8 * 2**20
+    (root / "m.csv").write_text(f"ImageId,EncodedPixels\n{good.stem},-1\nbomb,-1\n")
+    peak, _ = _peak_rss_of(
+        "from dsbprep.sources.rle import discover_rle_cases\n"
+        f"tasks = discover_rle_cases({str(root)!r})\n"
+        "assert sorted(t.case_id for t in tasks) == sorted(['bomb', " + repr(good.stem) + "])\n"
+    )
+    assert peak < 1 * 2**30, f"discovery peaked at {peak / 2**20:.0f} MiB"
