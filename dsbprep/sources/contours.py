@@ -502,26 +502,7 @@ def discover_contour_cases(
             raise MaskSourceError(
                 f"{link}: DICOM folder {dicom_folder} of patient {patient_id} is missing"
             )
-        frames: dict[int, dict[str, Path | None]] = {}
-        for dcm in dicom_folder.glob("*.dcm"):
-            number = _frame_number(dcm)
-            if number is None:
-                logger.warning("%s: DICOM name is not a frame number, ignored", dcm)
-                continue
-            frames.setdefault(number, {})["dicom"] = dcm
-        for kind, sub in CONTOUR_DIRS.items():
-            folder = root / contour_dir / original_id / sub
-            for txt in sorted(folder.glob("*.txt")) if folder.is_dir() else []:
-                match = CONTOUR_NAME.match(txt.name)
-                if match is None or match["kind"] != kind:
-                    logger.warning(
-                        "%s: not a %s file name (IM-0001-NNNN-%s-manual.txt), ignored",
-                        txt,
-                        kind,
-                        kind,
-                    )
-                    continue
-                frames.setdefault(int(match["frame"]), {})[kind] = txt
+        frames = _patient_frames(dicom_folder, root / contour_dir / original_id)
         for number in sorted(frames):
             found = frames[number]
             has_contour = "icontour" in found or "ocontour" in found
@@ -540,6 +521,28 @@ def discover_contour_cases(
                 )
             )
     return tasks
+
+
+def _patient_frames(dicom_folder: Path, contour_folder: Path) -> dict[int, dict[str, Path]]:
+    """Frame number -> {"dicom": path, "icontour": path, "ocontour": path} (those present)."""
+    frames: dict[int, dict[str, Path]] = {}
+    for dcm in dicom_folder.glob("*.dcm"):
+        number = _frame_number(dcm)
+        if number is None:
+            logger.warning("%s: DICOM name is not a frame number, ignored", dcm)
+            continue
+        frames.setdefault(number, {})["dicom"] = dcm
+    for kind, sub in CONTOUR_DIRS.items():
+        folder = contour_folder / sub
+        for txt in sorted(folder.glob("*.txt")) if folder.is_dir() else []:
+            match = CONTOUR_NAME.match(txt.name)
+            if match is None or match["kind"] != kind:
+                logger.warning(
+                    "%s: not a %s file name (IM-0001-NNNN-%s-manual.txt), ignored", txt, kind, kind
+                )
+                continue
+            frames.setdefault(int(match["frame"]), {})[kind] = txt
+    return frames
 
 
 # --- the source --------------------------------------------------------------------------
