@@ -400,13 +400,37 @@ def resample_frame(
 # --- discovery -------------------------------------------------------------------------------
 
 
+def _folder_name(value: str, path: Path, number: int, column: str) -> str:
+    """``value`` if it names one folder inside the data directory, else MaskSourceError.
+
+    A link file comes with the data and may come from anyone: an entry such as
+    ``../../home`` or ``/etc`` would make the build read outside the data folder.
+    Only a single plain path component is accepted (a folder that is itself a
+    symbolic link, placed there by the user, is still followed).
+    """
+    bad = (
+        not value
+        or value in (".", "..")
+        or "/" in value
+        or "\\" in value
+        or "\0" in value
+        or Path(value).is_absolute()
+    )
+    if bad:
+        raise MaskSourceError(
+            f"{path}: row {number}: {column} {value!r} is not a folder name inside the data "
+            "directory (no path separators, '..' or absolute paths)"
+        )
+    return value
+
+
 def _read_link(path: Path) -> list[tuple[str, str]]:
     try:
         with path.open(newline="", encoding="utf-8-sig") as fh:
             rows = [
                 [c.strip() for c in row] for row in csv.reader(fh) if any(c.strip() for c in row)
             ]
-    except OSError as err:
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise MaskSourceError(f"{path}: cannot read the link file: {err}") from err
     if rows and rows[0][:2] == ["patient_id", "original_id"]:
         rows = rows[1:]
@@ -414,7 +438,10 @@ def _read_link(path: Path) -> list[tuple[str, str]]:
     for number, row in enumerate(rows, start=2):
         if len(row) < 2 or not row[0] or not row[1]:
             raise MaskSourceError(f"{path}: row {number} needs 'patient_id,original_id', got {row}")
-        out.append((row[0], row[1]))
+        out.append((
+            _folder_name(row[0], path, number, "patient_id"),
+            _folder_name(row[1], path, number, "original_id"),
+        ))
     return out
 
 
@@ -475,26 +502,7 @@ def discover_contour_cases(
             raise MaskSourceError(
                 f"{link}: DICOM folder {dicom_folder} of patient {patient_id} is missing"
             )
-        frames: dict[int, dict[str, Path | None]] = {}
-        for dcm in dicom_folder.glob("*.dcm"):
-            number = _frame_number(dcm)
-            if number is None:
-                logger.warning("%s: DICOM name is not a frame number, ignored", dcm)
-                continue
-            frames.setdefault(number, {})["dicom"] = dcm
-        for kind, sub in CONTOUR_DIRS.items():
-            folder = root / contour_dir / original_id / sub
-            for txt in sorted(folder.glob("*.txt")) if folder.is_dir() else []:
-                match = CONTOUR_NAME.match(txt.name)
-                if match is None or match["kind"] != kind:
-                    logger.warning(
-                        "%s: not a %s file name (IM-0001-NNNN-%s-manual.txt), ignored",
-                        txt,
-                        kind,
-                        kind,
-                    )
-                    continue
-                frames.setdefault(int(match["frame"]), {})[kind] = txt
+        frames = _patient_frames(dicom_folder, root / contour_dir / original_id)
         for number in sorted(frames):
             found = frames[number]
             has_contour = "icontour" in found or "ocontour" in found
@@ -513,6 +521,28 @@ def discover_contour_cases(
                 )
             )
     return tasks
+
+
+def _patient_frames(dicom_folder: Path, contour_folder: Path) -> dict[int, dict[str, Path]]:
+    """Frame number -> {"dicom": path, "icontour": path, "ocontour": path} (those present)."""
+    frames: dict[int, dict[str, Path]] = {}
+    for dcm in dicom_folder.glob("*.dcm"):
+        number = _frame_number(dcm)
+        if number is None:
+            logger.warning("%s: DICOM name is not a frame number, ignored", dcm)
+            continue
+        frames.setdefault(number, {})["dicom"] = dcm
+    for kind, sub in CONTOUR_DIRS.items():
+        folder = contour_folder / sub
+        for txt in sorted(folder.glob("*.txt")) if folder.is_dir() else []:
+            match = CONTOUR_NAME.match(txt.name)
+            if match is None or match["kind"] != kind:
+                logger.warning(
+                    "%s: not a %s file name (IM-0001-NNNN-%s-manual.txt), ignored", txt, kind, kind
+                )
+                continue
+            frames.setdefault(int(match["frame"]), {})[kind] = txt
+    return frames
 
 
 # --- the source --------------------------------------------------------------------------

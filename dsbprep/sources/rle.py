@@ -20,6 +20,7 @@ image has a mask (pneumothorax), 0 when all its rows are ``-1``.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import logging
@@ -53,6 +54,11 @@ logger = logging.getLogger(__name__)
 NO_MASK = "-1"
 #: Seed 003 resizes the 1024 x 1024 radiographs to 384 x 384 to fit GPU memory.
 DEFAULT_IMAGE_SIZE = 384
+#: Longest CSV field read (bytes). The worst legitimate RLE, alternating single
+#: pixels on a 2048 x 2048 radiograph, is 2**21 pairs "g l " of ~4-8 characters
+#: (< 16 MiB); Python's csv default (128 KiB) would reject real masks of large
+#: images, and no limit would let one line of a hostile CSV fill memory.
+MAX_RLE_FIELD_BYTES = 16 * 2**20
 
 
 def rle_decode(rle: str, shape: tuple[int, int]) -> np.ndarray:
@@ -205,22 +211,41 @@ def read_rle_csv(path: str | os.PathLike) -> dict[str, list[str]]:
     if not path.is_file():
         raise FileNotFoundError(f"RLE CSV {path} does not exist")
     out: dict[str, list[str]] = {}
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        for number, row in enumerate(csv.reader(fh, skipinitialspace=True), start=1):
-            fields = [f.strip() for f in row]
-            if not any(fields):
-                continue
-            if len(fields) != 2:
-                raise MaskSourceError(
-                    f"{path}: line {number} has {len(fields)} fields, expected 'ImageId,EncodedPixels'"
-                )
-            image_id, rle = fields
-            if number == 1 and not _looks_like_rle(rle):
-                continue  # header
-            if not image_id:
-                raise MaskSourceError(f"{path}: line {number} has an empty ImageId")
-            out.setdefault(image_id, []).append(rle or NO_MASK)
+    number = 0
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh, _csv_field_limit(MAX_RLE_FIELD_BYTES):
+            for number, row in enumerate(csv.reader(fh, skipinitialspace=True), start=1):
+                _add_row(out, row, path, number)
+    except (csv.Error, UnicodeDecodeError) as err:
+        raise MaskSourceError(f"{path}: row {number + 1}: not a readable CSV row: {err}") from err
     return out
+
+
+@contextlib.contextmanager
+def _csv_field_limit(limit: int):
+    """Set :func:`csv.field_size_limit` (process-wide) for the duration of a read."""
+    old = csv.field_size_limit(limit)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(old)
+
+
+def _add_row(out: dict[str, list[str]], row: list[str], path: Path, number: int) -> None:
+    """Add one CSV row to ``out`` (skip blanks and a header on line 1)."""
+    fields = [f.strip() for f in row]
+    if not any(fields):
+        return
+    if len(fields) != 2:
+        raise MaskSourceError(
+            f"{path}: line {number} has {len(fields)} fields, expected 'ImageId,EncodedPixels'"
+        )
+    image_id, rle = fields
+    if number == 1 and not _looks_like_rle(rle):
+        return  # header
+    if not image_id:
+        raise MaskSourceError(f"{path}: line {number} has an empty ImageId")
+    out.setdefault(image_id, []).append(rle or NO_MASK)
 
 
 def _looks_like_rle(text: str) -> bool:
