@@ -11,7 +11,7 @@ See docs/FORMAT.md.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -286,4 +286,46 @@ def parse_meta(raw: bytes, where: str, limits: ReadLimits | None = None) -> dict
     if not isinstance(meta, dict):
         raise DatasetFormatError(f"{where}: field meta: metadata is a {type(meta).__name__}, "
                                  "not a JSON object")
+    for key, problem in _meta_type_problems(meta):
+        raise DatasetFormatError(f"{where}: field meta.{key}: {problem}")
     return meta
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+#: Metadata keys that dsbprep's readers use, and the JSON types they must have.
+_META_TYPES: dict[str, tuple[str, Any]] = {
+    "error": ("a string", lambda v: isinstance(v, str)),
+    "warnings": ("a list", lambda v: isinstance(v, list)),
+    "segmentation_note": ("a string or null", lambda v: v is None or isinstance(v, str)),
+    "lungs_found": ("an integer or null", lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool))),
+    "lung_volume_ml": ("an object of numbers",
+                       lambda v: isinstance(v, dict) and all(_is_number(x) for x in v.values())),
+}
+
+
+def _meta_type_problems(meta: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+    """(key, problem) for each known metadata key whose value has the wrong type."""
+    for key, (what, ok) in _META_TYPES.items():
+        if key in meta and not ok(meta[key]):
+            yield key, f"is a {type(meta[key]).__name__}, not {what}"
+    foreground = meta.get("foreground")
+    if foreground is None:
+        return
+    if not isinstance(foreground, dict):
+        yield "foreground", f"is a {type(foreground).__name__}, not an object of point lists"
+        return
+    for label, points in foreground.items():
+        if not (label.isdigit() and 0 < int(label) < 256):
+            yield "foreground", f"label {label!r} is not a mask label 1..255"
+        elif not _is_points(points):
+            yield "foreground", f"points of label {label} are not a list of [z, y, x] integers"
+
+
+def _is_points(points: Any) -> bool:
+    if not isinstance(points, list):
+        return False
+    return all(isinstance(p, list) and len(p) == 3 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                           for v in p) for p in points)

@@ -103,6 +103,9 @@ class DsbDataset:
     unreadable : dict
         Case id -> message naming the file, case, row and field, for cases whose
         latest row is invalid (or whose metadata turned out unreadable).
+    row_problems : dict
+        Row number -> :class:`~dsbprep.store.schema.RowProblem` for every invalid row,
+        superseded rows included; ``n_rows`` is the number of index rows.
     kind, pad_value, attrs, image_dtype, image_shape
         The file's kind ("volume" or "slices"), pad value, attributes, and the
         dtype and shape of ``/images``.
@@ -135,6 +138,8 @@ class DsbDataset:
         extent = {name: ds.shape for name, ds in self._sets.items()}
         ids, problems = row_problems(index, extent, self.image_dtype.itemsize, self.kind, self.limits)
         latest = sorted({cid: i for i, cid in enumerate(ids)}.values())
+        self.row_problems = problems  # every row's, superseded rows included (for verify)
+        self.n_rows = len(index)
         self.unreadable = {ids[i]: f"{self.path}: {problems[i]}" for i in latest if i in problems}
         good = [i for i in latest if i not in problems]
         ok = [i for i in good if index["status"][i] == STATUS_OK]
@@ -158,6 +163,11 @@ class DsbDataset:
     def image_shape(self) -> tuple[int, int, int]:
         """Shape of ``/images`` (all cases stacked along z, padded to the widest in y and x)."""
         return tuple(int(s) for s in self._sets["images"].shape)
+
+    @property
+    def chunks(self) -> tuple[int, ...] | None:
+        """Chunk shape of ``/images`` (None when not chunked)."""
+        return self._sets["images"].chunks
 
     @property
     def arrays(self) -> tuple[h5py.Dataset, h5py.Dataset]:
