@@ -118,7 +118,7 @@ def _check_case(rec: CaseRecord, result: VerifyResult) -> None:
         for problem in _content_problems(rec):
             result.add(rec.case_id, problem)
     except DsbprepError as err:  # unreadable arrays or metadata: the message names file and case
-        result.add(rec.case_id, str(err).split(": ", 1)[-1])
+        result.add(rec.case_id, str(err).split(f"case {rec.case_id!r}: ", 1)[-1])
 
 
 def verify_dataset(path: str) -> VerifyResult:

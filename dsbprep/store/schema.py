@@ -56,8 +56,8 @@ def _check_dataset(f: h5py.File, name: str, path: str) -> h5py.Dataset:
     if link is None:
         raise _fail(path, f"/{name}", "missing")
     if not isinstance(link, h5py.HardLink):
-        raise _fail(path, f"/{name}", f"is a {type(link).__name__} (links are refused: they reach "
-                    "outside the file)")
+        what = "an external link" if isinstance(link, h5py.ExternalLink) else "a soft link"
+        raise _fail(path, f"/{name}", f"is {what} (refused: links can reach outside the file)")
     ds = f[name]
     if not isinstance(ds, h5py.Dataset):
         raise _fail(path, f"/{name}", f"is a {type(ds).__name__}, not a dataset")
@@ -80,10 +80,11 @@ def _check_dtypes(sets: dict[str, h5py.Dataset], path: str) -> None:
         if sets[name].dtype != dtype:
             raise _fail(path, f"/{name}", f"dtype {sets[name].dtype}, expected {dtype}")
     if sets["index"].dtype != INDEX_DTYPE:
-        got = sets["index"].dtype.names
-        raise _fail(path, "/index", f"dtype with fields {list(got or [])} "
-                    f"({sets['index'].dtype.itemsize} bytes) is not this format's INDEX_DTYPE "
-                    f"({list(INDEX_DTYPE.names)}, {INDEX_DTYPE.itemsize} bytes)")
+        got = sets["index"].dtype
+        extra = [n for n in got.names or () if n not in INDEX_DTYPE.names]
+        missing = [n for n in INDEX_DTYPE.names if n not in (got.names or ())]
+        raise _fail(path, "/index", f"dtype is not this format's INDEX_DTYPE (extra fields {extra}, "
+                    f"missing {missing}, {got.itemsize} bytes per row instead of {INDEX_DTYPE.itemsize})")
     if sets["boxes"].shape[1] != len(BOX_COLUMNS):
         raise _fail(path, "/boxes", f"has {sets['boxes'].shape[1]} columns, expected "
                     f"{len(BOX_COLUMNS)} ({', '.join(BOX_COLUMNS)})")
