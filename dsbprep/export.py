@@ -178,7 +178,7 @@ def export_grt123(
         outdir.mkdir(parents=True, exist_ok=True)
         for rec in records:
             name = _safe_name(rec.case_id, ds.path)
-            clean = rec.image[np.newaxis]
+            clean = rec.arrays()[0][np.newaxis]  # checksum-checked: DatasetFormatError if altered
             label = grt123_label(rec.boxes, rec.spacing)
             written.append(
                 _atomic(outdir / f"{name}_clean.npy", lambda fh, a=clean: np.save(fh, a))
@@ -251,9 +251,10 @@ def export_npz(
         outdir.mkdir(parents=True, exist_ok=True)
         for rec in records:
             name = _safe_name(rec.case_id, ds.path)
+            image, mask = rec.arrays()  # checksum-checked: DatasetFormatError if altered
             arrays = {
-                "arr_0": rec.image,
-                "mask": rec.mask,
+                "arr_0": image,
+                "mask": mask,
                 "spacing": np.asarray(rec.spacing, float),
                 "origin": np.asarray(rec.origin, float),
                 "direction": np.asarray(rec.direction, float),

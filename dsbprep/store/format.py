@@ -34,6 +34,7 @@ __all__ = [
     "DEFAULT_CACHE_BYTES",
     "DEFAULT_CACHE_SLOTS",
     "ReadLimits",
+    "DEFAULT_LIMITS",
     "CaseData",
     "check_version",
     "encode_id",
@@ -114,9 +115,9 @@ class ReadLimits:
     Parameters
     ----------
     max_case_bytes : int
-        Largest image of one case, in bytes (default 2 GiB: a 1000 x 1024 x 1024
-        int16 CT is 2 GiB; a lung crop of grt123's layout is ~40 MB). Reading a case
-        allocates its image and mask, so this bounds a reader's memory.
+        Largest image plus mask of one case, in bytes (default 1 GiB: a 700 x 512 x 512
+        int16 CT with its uint8 mask is 550 MB; a lung crop of grt123's layout ~50 MB).
+        Reading a case allocates its image and mask, so this bounds a reader's memory.
     max_index_rows : int
         Most rows of ``/index`` (default 1,000,000 rows, 462 MB in memory).
     max_meta_bytes : int
@@ -127,11 +128,15 @@ class ReadLimits:
         Most boxes of one case (default 100,000; LIDC's most nodules in a scan is < 30).
     """
 
-    max_case_bytes: int = 2 * 1024**3
+    max_case_bytes: int = 1024**3
     max_index_rows: int = 1_000_000
     max_meta_bytes: int = 16 * 1024**2
     max_meta_depth: int = 64
     max_case_boxes: int = 100_000
+
+
+#: The limits every reader uses unless given others (tests may replace it with smaller ones).
+DEFAULT_LIMITS = ReadLimits()
 
 
 @dataclass
@@ -253,7 +258,7 @@ def parse_meta(raw: bytes, where: str, limits: ReadLimits | None = None) -> dict
     where : str
         Names the file and case in error messages.
     limits : ReadLimits, optional
-        Size and depth limits (defaults: :class:`ReadLimits`).
+        Size and depth limits (default ``DEFAULT_LIMITS``).
 
     Raises
     ------
@@ -269,7 +274,7 @@ def parse_meta(raw: bytes, where: str, limits: ReadLimits | None = None) -> dict
     ...
     dsbprep.errors.DatasetFormatError: f.h5: case 'x': field meta: metadata is a list, not a JSON object
     """
-    limits = limits or ReadLimits()
+    limits = limits or DEFAULT_LIMITS
     if not raw:
         return {}
     if len(raw) > limits.max_meta_bytes:

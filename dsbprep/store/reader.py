@@ -20,9 +20,10 @@ import h5py
 import hdf5plugin  # noqa: F401  (registers the Blosc filters with HDF5 for readers)
 import numpy as np
 
+from ..encode import case_checksum
 from ..errors import DatasetFormatError
+from . import format as fmt
 from .format import (
-    BOX_COLUMNS,
     DEFAULT_CACHE_BYTES,
     DEFAULT_CACHE_SLOTS,
     SPLITS,
@@ -48,6 +49,7 @@ class CaseRecord:
         self._ds = dataset
         self.position = position
         self.row = row = dataset.index[position]
+        self.row_number = int(dataset.rows[position])
         self.case_id: str = dataset.case_ids[position]
         self.shape = tuple(int(s) for s in row["shape"])
         self.ndim = int(row["ndim"])
@@ -76,6 +78,21 @@ class CaseRecord:
     def mask(self) -> np.ndarray:
         """The whole label mask, (z, y, x) uint8."""
         return self._ds._read_case("masks", self)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The image and mask, checked against the stored checksum (for exports).
+
+        Raises
+        ------
+        DatasetFormatError
+            The arrays do not match the checksum stored with the case (the data or
+            the index row was altered after the case was written).
+        """
+        image, mask = self.image, self.mask
+        if case_checksum(image, mask) != self.checksum:
+            raise DatasetFormatError(f"{self._ds.path}: case {self.case_id!r} (row {self.row_number}): "
+                                     "field checksum: the stored image and mask do not match it")
+        return image, mask
 
     @property
     def boxes(self) -> np.ndarray:
@@ -114,7 +131,7 @@ class DsbDataset:
     def __init__(self, path: str | os.PathLike, *, cache_bytes: int = DEFAULT_CACHE_BYTES,
                  cache_slots: int = DEFAULT_CACHE_SLOTS, limits: ReadLimits | None = None) -> None:
         self.path = os.fspath(path)
-        self.limits = limits or ReadLimits()
+        self.limits = limits or fmt.DEFAULT_LIMITS
         if not os.path.exists(self.path):
             raise FileNotFoundError(f"{self.path}: no such dataset file")
         self.file, self.swmr = _open_h5(self.path, cache_bytes, cache_slots)
@@ -136,7 +153,8 @@ class DsbDataset:
             for name in ("images", "masks", "boxes", "meta"):
                 self._sets[name].refresh()
         extent = {name: ds.shape for name, ds in self._sets.items()}
-        ids, problems = row_problems(index, extent, self.image_dtype.itemsize, self.kind, self.limits)
+        ids, problems = row_problems(index, extent, self.image_dtype.itemsize, self.kind, self.limits,
+                                     chunk_z=(self.chunks or (1,))[0])
         latest = sorted({cid: i for i, cid in enumerate(ids)}.values())
         self.row_problems = problems  # every row's, superseded rows included (for verify)
         self.n_rows = len(index)
@@ -349,7 +367,7 @@ def open_dataset(path: str | os.PathLike, **kwargs: Any) -> DsbDataset:
     cache_bytes, cache_slots : int, optional
         HDF5 chunk cache size and hash slots (patch reads need far more than h5py's 1 MiB).
     limits : ReadLimits, optional
-        Largest case, index, metadata accepted (defaults: :class:`ReadLimits`).
+        Largest case, index, metadata accepted (default ``dsbprep.store.format.DEFAULT_LIMITS``).
 
     Returns
     -------

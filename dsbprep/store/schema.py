@@ -122,6 +122,9 @@ def check_file(f: h5py.File, path: str, limits: ReadLimits) -> tuple[dict[str, h
     kind, pad = _check_attrs(f.attrs, path)
     sets = {name: _check_dataset(f, name, path) for name in DATASETS}
     _check_dtypes(sets, path)
+    dtype = sets["images"].dtype
+    if dtype.kind in "iu" and not (pad.is_integer() and np.iinfo(dtype).min <= pad <= np.iinfo(dtype).max):
+        raise _fail(path, "attribute pad_value", f"{pad!r} is not a value of the images' dtype {dtype}")
     if sets["index"].shape[0] > limits.max_index_rows:
         raise _fail(path, "/index", f"{sets['index'].shape[0]} rows, more than the limit of "
                     f"{limits.max_index_rows}")
@@ -150,7 +153,7 @@ def _range_checks(rows: np.ndarray, extent: dict[str, tuple[int, ...]], itemsize
     z0 = rows["z0"].astype(np.int64)
     shape = rows["shape"].astype(np.int64)
     stored = np.minimum(extent["images"], extent["masks"])
-    nbytes = np.prod(shape.astype(np.float64), axis=1) * itemsize
+    nbytes = np.prod(shape.astype(np.float64), axis=1) * (itemsize + 1)  # image + uint8 mask
     ndim = 2 if kind == "slices" else 3
     return [
         ("ndim", rows["ndim"] != ndim, f"is not {ndim} (the file holds {kind})"),
@@ -160,7 +163,7 @@ def _range_checks(rows: np.ndarray, extent: dict[str, tuple[int, ...]], itemsize
         ("z0", z0 > stored[0] - shape[:, 0], f"z0 + shape[0] is past the end of /images ({stored[0]} slices)"),
         ("shape", shape[:, 1] > stored[1], f"height is more than the stored {stored[1]}"),
         ("shape", shape[:, 2] > stored[2], f"width is more than the stored {stored[2]}"),
-        ("shape", nbytes > limits.max_case_bytes, f"image is more than the limit of {limits.max_case_bytes} bytes"),
+        ("shape", nbytes > limits.max_case_bytes, f"image and mask are more than the limit of {limits.max_case_bytes} bytes"),
         ("spacing", ~np.all(np.isfinite(rows["spacing"]) & (rows["spacing"] > 0), axis=1),
          "is not finite and positive"),
     ]
@@ -183,8 +186,24 @@ def _span_checks(rows: np.ndarray, extent: dict[str, tuple[int, ...]],
     return checks
 
 
+def _overlaps(index: np.ndarray, live: np.ndarray) -> np.ndarray:
+    """Rows among ``live`` whose z range overlaps another's (both are marked)."""
+    rows = np.flatnonzero(live)
+    bad = np.zeros(len(index), bool)
+    if len(rows) < 2:
+        return bad
+    z0 = index["z0"][rows].astype(np.int64)
+    order = np.argsort(z0, kind="stable")
+    starts, ends = z0[order], z0[order] + index["shape"][rows[order], 0]
+    reach = np.maximum.accumulate(ends)  # furthest end among the rows before each
+    for k in np.flatnonzero(starts[1:] < reach[:-1]) + 1:
+        bad[rows[order[k]]] = True
+        bad[rows[order[int(np.argmax(ends[:k]))]]] = True
+    return bad
+
+
 def row_problems(index: np.ndarray, extent: dict[str, tuple[int, ...]], itemsize: int,
-                 kind: str, limits: ReadLimits) -> tuple[list[str], dict[int, RowProblem]]:
+                 kind: str, limits: ReadLimits, chunk_z: int = 1) -> tuple[list[str], dict[int, RowProblem]]:
     """Check every index row against the arrays; returns the case ids and the bad rows.
 
     Parameters
@@ -199,6 +218,8 @@ def row_problems(index: np.ndarray, extent: dict[str, tuple[int, ...]], itemsize
         The file's kind.
     limits : ReadLimits
         Size limits.
+    chunk_z : int
+        Chunk depth of ``/images``: every case starts on a chunk boundary.
 
     Returns
     -------
@@ -217,9 +238,13 @@ def row_problems(index: np.ndarray, extent: dict[str, tuple[int, ...]], itemsize
     ]
     checks += [(f, bad & ok, p) for f, bad, p in _range_checks(index, extent, itemsize, limits, kind)]
     checks += _span_checks(index, extent, limits)
+    checks.append(("z0", ok & (index["z0"] % max(1, chunk_z) != 0), f"is not a multiple of the chunk depth {chunk_z}"))
     problems: dict[int, RowProblem] = {}
     for field, bad, problem in checks:
         for i in np.flatnonzero(bad).tolist():
             if i not in problems:
                 problems[i] = RowProblem(i, ids[i], field, problem)
+    live = ok & ~np.isin(np.arange(len(index)), list(problems))
+    for i in np.flatnonzero(_overlaps(index, live)).tolist():
+        problems[i] = RowProblem(i, ids[i], "z0", "its rows of /images overlap another case's")
     return ids, problems
