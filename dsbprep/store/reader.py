@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -40,6 +41,10 @@ __all__ = ["CaseRecord", "DsbDataset", "open_dataset"]
 logger = logging.getLogger(__name__)
 
 _SPLIT_NAMES = {v: k for k, v in SPLITS.items()}
+#: How long a reader waits for a writer that holds HDF5's file lock while it starts (s).
+_LOCKED_WAIT_S = 10.0
+#: Pause between two attempts to open a locked file (s).
+_LOCKED_RETRY_S = 0.05
 
 
 class CaseRecord:
@@ -335,10 +340,27 @@ class DsbDataset:
 
 
 def _open_h5(path: str, cache_bytes: int, cache_slots: int) -> tuple[h5py.File, bool]:
-    """Open ``path`` read-only: normally, or in SWMR-read mode while a writer has it (or died)."""
+    """Open ``path`` read-only: normally, or in SWMR-read mode while a writer has it (or died).
+
+    A writer holds HDF5's file lock for a moment while it opens the file and switches to
+    SWMR mode; a reader arriving then retries for up to ``_LOCKED_WAIT_S``.
+    """
     kwargs = {"rdcc_nbytes": cache_bytes, "rdcc_nslots": cache_slots, "libver": "latest"}
+    deadline = time.monotonic() + _LOCKED_WAIT_S
+    while True:
+        try:
+            return _open_once(path, kwargs)
+        except BlockingIOError as err:  # "unable to lock file": a writer is starting up
+            if time.monotonic() > deadline:
+                raise DatasetFormatError(f"{path}: locked by another process: {err}") from err
+            time.sleep(_LOCKED_RETRY_S)
+
+
+def _open_once(path: str, kwargs: dict[str, Any]) -> tuple[h5py.File, bool]:
     try:
         return h5py.File(path, "r", **kwargs), False
+    except BlockingIOError:
+        raise
     except OSError as err:
         if "truncated file" in str(err):
             raise DatasetFormatError(
@@ -350,6 +372,8 @@ def _open_h5(path: str, cache_bytes: int, cache_slots: int) -> tuple[h5py.File, 
             raise DatasetFormatError(f"{path}: cannot open as HDF5: {err}") from err
     try:  # a writer is appending (or died): SWMR read sees every committed case
         return h5py.File(path, "r", swmr=True, **kwargs), True
+    except BlockingIOError:
+        raise
     except OSError as err:
         raise DatasetFormatError(f"{path}: cannot open as HDF5: {err}") from err
 
