@@ -194,16 +194,24 @@ def _external_storage(path: Path) -> None:
     _edit(path, act)
 
 
+def _secret_h5(folder: Path, shape: tuple[int, ...]) -> Path:
+    """``other.h5`` whose ``/data`` (resizable, chunked, uint8 of ``shape``) holds the secret bytes."""
+    import h5py
+
+    other = folder / "other.h5"
+    data = np.frombuffer(_secret(folder, int(np.prod(shape))).read_bytes(), np.uint8).reshape(shape)
+    with h5py.File(other, "w") as g:
+        g.create_dataset("data", data=data, maxshape=(None,) * len(shape), chunks=(4, 8, 8))
+    return other
+
+
 def _virtual(path: Path) -> None:
     import h5py
 
     def act(f):
         shape = f["images"].shape
-        other = path.parent / "other.h5"
-        with h5py.File(other, "w") as g:
-            g["data"] = np.frombuffer(_secret(path.parent, int(np.prod(shape))).read_bytes(), np.uint8).reshape(shape)
         layout = h5py.VirtualLayout(shape=shape, dtype="u1")
-        layout[:] = h5py.VirtualSource(str(other), "data", shape=shape)
+        layout[:] = h5py.VirtualSource(str(_secret_h5(path.parent, shape)), "data", shape=shape)
         del f["images"]
         f.create_virtual_dataset("images", layout, fillvalue=0)
     _edit(path, act)
@@ -213,12 +221,7 @@ def _external_link(path: Path) -> None:
     import h5py
 
     def act(f):
-        shape = f["images"].shape
-        other = path.parent / "other.h5"
-        with h5py.File(other, "w") as g:
-            g.create_dataset("data", data=np.frombuffer(
-                _secret(path.parent, int(np.prod(shape))).read_bytes(), np.uint8).reshape(shape),
-                maxshape=(None, None, None), chunks=(4, 8, 8))
+        other = _secret_h5(path.parent, f["images"].shape)
         del f["images"]
         f["images"] = h5py.ExternalLink(str(other), "/data")
     _edit(path, act)

@@ -286,6 +286,6 @@ def test_metadata_is_parsed_lazily_within_limits(tmp_path):
     with open_dataset(path, limits=ReadLimits(max_meta_depth=4)) as ds:
         assert ds.case_ids == ["a", "deep"]  # nothing parsed yet
         with pytest.raises(DatasetFormatError, match=r"case 'deep': field meta: nested 5 levels deep \(at most 4\)"):
-            ds["deep"].meta
+            _ = ds["deep"].meta
         assert [r.case_id for r in ds.iter_cases(check_meta=True)] == ["a"]
         assert "deep" in ds.unreadable
