@@ -254,6 +254,8 @@ def test_unreadable_rows_and_the_read_api(tmp_path):
         index = f["index"][:]
         index["z0"][1] = -4
         f["index"][:] = index
+    with pytest.raises(DatasetFormatError, match=r"cannot append to a file with 1 invalid index row\(s\)"):
+        DatasetWriter(path)
     with open_dataset(path) as ds:
         assert ds.case_ids == ["a", "c"] and "b" not in ds
         assert list(ds.unreadable) == ["b"]

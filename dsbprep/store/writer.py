@@ -29,7 +29,7 @@ from ..encode import ChunkSpec, EncodedCase, compression_filters, encode_case
 from ..errors import DatasetFormatError, StorageFullError
 from .format import (
     BOX_COLUMNS,
-    DATASETS,
+    DEFAULT_LIMITS,
     DEFAULT_SLICE_CHUNKS,
     DEFAULT_VOLUME_CHUNKS,
     FORMAT_VERSION,
@@ -39,7 +39,6 @@ from .format import (
     STATUS_FAILED,
     STATUS_OK,
     CaseData,
-    check_version,
     encode_id,
     meta_blob,
 )
@@ -52,6 +51,7 @@ from .recovery import (
     fit_to_superblock,
     storage_errno,
 )
+from .schema import check_file, row_problems
 
 __all__ = ["DatasetWriter", "RESERVE_MARGIN_BYTES"]
 
@@ -130,6 +130,22 @@ def create_file(path: str, image_dtype: str, chunks: tuple[int, int, int] | None
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def check_before_append(f: h5py.File, path: str) -> None:
+    """Refuse to append to a file that a reader would not fully accept (schema or any index row)."""
+    sets, kind, _ = check_file(f, path, DEFAULT_LIMITS)
+    for key in ("chunks", "compression"):
+        if key not in f.attrs:
+            raise DatasetFormatError(f"{path}: attribute {key}: missing")
+    extent = {name: ds.shape for name, ds in sets.items()}
+    images = sets["images"]
+    _, problems = row_problems(sets["index"][:], extent, images.dtype.itemsize, kind, DEFAULT_LIMITS,
+                               chunk_z=(images.chunks or (1,))[0])
+    if problems:
+        first = next(iter(problems.values()))
+        raise DatasetFormatError(f"{path}: cannot append to a file with {len(problems)} invalid index "
+                                 f"row(s), the first: {first}; run `python -m dsbprep.verify {path}`")
 
 
 def trim_uncommitted(f: h5py.File, path: str) -> int:
@@ -262,10 +278,7 @@ class DatasetWriter:
             clear_status_flags(self.path)  # we hold the lock: the flag's writer is dead
             f = h5py.File(self.path, "a", libver="latest")
         try:
-            check_version(f.attrs, self.path)
-            for name in DATASETS:
-                if not isinstance(f.get(name), h5py.Dataset):
-                    raise DatasetFormatError(f"{self.path}: dataset /{name} is missing")
+            check_before_append(f, self.path)
             self._z_end = trim_uncommitted(f, self.path)
             f.swmr_mode = True
         except BaseException:
