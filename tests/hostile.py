@@ -275,6 +275,7 @@ HOSTILE = {
     "missing kind attribute": ("file", "attribute kind", lambda p: _edit(p, lambda f: f.attrs.__delitem__("kind"))),
     "2-D /images": ("file", "/images", lambda p: _edit(p, lambda f: _replace(f, "images", data=np.zeros((16, 14), "u1")))),
     "index with other fields": ("file", "/index", _index_with_other_fields),
+    "index of 2**40 rows": ("file", "/index", lambda p: _edit(p, lambda f: f["index"].resize((2**40,)))),
     "external storage": ("file", "/images", _external_storage),
     "virtual dataset": ("file", "/images", _virtual),
     "external link": ("file", "/images", _external_link),

@@ -35,6 +35,8 @@ FUZZ_LIMITS = ReadLimits(max_case_bytes=16 * 2**20)
 _INTS = [-(2**63), -(2**31), -5, -1, 0, 1, 2, 3, 4, 8, 12, 14, 16, 40, 2**12, 2**31 - 1, 2**40, 2**62]
 _FLOATS = [float("nan"), float("inf"), -1.0, 0.0, 0.5, 1e300]
 _SIZES = [0, 1, 3, 7, 16, 64, 2**21, 2**40]
+#: Largest /meta the harness rewrites as a whole (bytes; the base file's is ~5 kB).
+_META_EDIT_MAX = 2**20
 _ATTRS = ["format", "format_version", "kind", "pad_value", "chunks", "compression", "box_columns"]
 _ATTR_VALUES = st.one_of(
     st.none(),  # delete it
@@ -57,7 +59,7 @@ mutations = st.lists(st.one_of(row_mutation, attr_mutation, shape_mutation, meta
 
 
 def _mutate_row(f: h5py.File, row: int, name: str, element: int, value: int, raw: bytes) -> None:
-    index = f["index"][:]
+    index = f["index"][:3]  # the base file's rows (the dataset may have been resized to 2**40)
     if row >= len(index):
         return
     column = index[name]
@@ -69,10 +71,12 @@ def _mutate_row(f: h5py.File, row: int, name: str, element: int, value: int, raw
     flat = column.reshape(len(index), -1)
     flat[row, element % flat.shape[1]] = new
     index[name] = flat.reshape(column.shape)
-    f["index"][:] = index
+    f["index"][: len(index)] = index
 
 
 def _mutate_meta(f: h5py.File, pos: int, op: str, chunk: bytes) -> None:
+    if f["meta"].shape[0] > _META_EDIT_MAX:
+        return  # resized to 2**21 or more by an earlier mutation: its bytes are the fill value
     meta = bytearray(f["meta"][:].tobytes())
     pos = min(pos, len(meta))
     if op == "set":

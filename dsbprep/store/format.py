@@ -119,17 +119,18 @@ class ReadLimits:
         int16 CT with its uint8 mask is 550 MB; a lung crop of grt123's layout ~50 MB).
         Reading a case allocates its image and mask, so this bounds a reader's memory.
     max_index_rows : int
-        Most rows of ``/index`` (default 1,000,000 rows, 462 MB in memory).
+        Most rows of ``/index`` (default 250,000: 115 MB in memory; a 2-D file has one row
+        per slice, and the largest public sets we know hold ~112,000 images).
     max_meta_bytes : int
         Largest metadata JSON of one case (default 16 MiB; a lung case's is < 100 kB).
     max_meta_depth : int
-        Deepest nesting of a case's metadata JSON (default 64; dsbprep writes 3).
+        Deepest nesting of a case's metadata JSON (default 64; dsbprep writes 4).
     max_case_boxes : int
         Most boxes of one case (default 100,000; LIDC's most nodules in a scan is < 30).
     """
 
     max_case_bytes: int = 1024**3
-    max_index_rows: int = 1_000_000
+    max_index_rows: int = 250_000
     max_meta_bytes: int = 16 * 1024**2
     max_meta_depth: int = 64
     max_case_boxes: int = 100_000
