@@ -280,4 +280,7 @@ HOSTILE = {
     "virtual dataset": ("file", "/images", _virtual),
     "external link": ("file", "/images", _external_link),
     "soft link": ("file", "/masks", _soft_link),
+    "unavailable compression filter": ("file", "/masks", lambda p: _edit(p, lambda f: _replace(
+        f, "masks", shape=f["masks"].shape, dtype="u1", chunks=(4, 8, 8), compression=32099,
+        allow_unknown_filter=True))),
 }

@@ -65,6 +65,12 @@ def _check_dataset(f: h5py.File, name: str, path: str) -> h5py.Dataset:
         raise _fail(path, f"/{name}", "is a virtual dataset (refused: it maps other files)")
     if ds.external:
         raise _fail(path, f"/{name}", "has external storage (refused: it reads other files)")
+    plist = ds.id.get_create_plist()
+    for k in range(plist.get_nfilters()):
+        code, _flags, _values, label = plist.get_filter(k)
+        if not h5py.h5z.filter_avail(code):
+            raise _fail(path, f"/{name}", f"needs HDF5 filter {code} ({label.decode(errors='replace')}), "
+                        "which is not available here (hdf5plugin provides the Blosc ones)")
     rank = DATASETS[name][0]
     if ds.ndim != rank:
         raise _fail(path, f"/{name}", f"has rank {ds.ndim} {ds.shape}, expected {rank}")
