@@ -90,12 +90,12 @@ def grt123_label(boxes: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
 def _select(ds: DsbDataset, cases: Iterable[str] | None, split: str | None) -> list[CaseRecord]:
     if cases is not None:
         cases = list(cases)
-        missing = [c for c in cases if c not in ds]
+        missing = [c for c in cases if c not in ds and c not in ds.unreadable]
         if missing:
             raise DatasetFormatError(f"{ds.path}: no case(s) {missing} (it holds {len(ds)} cases)")
-        records = [ds[c] for c in cases]
+        records = [ds[c] for c in cases]  # an unreadable case asked for by name: DatasetFormatError
     else:
-        records = list(ds)
+        records = list(ds.iter_cases())  # unreadable cases skipped, a warning names each
     if split is not None:
         records = [r for r in records if r.split == split]
     return records
@@ -168,7 +168,7 @@ def export_grt123(
                 f"{ds.path}: holds 2-D {ds.kind!r} cases; the grt123 export needs a 3-D lung CT dataset "
                 "(use --format npz for 2-D files)"
             )
-        dtype = ds.file["images"].dtype
+        dtype = ds.image_dtype
         if dtype != np.uint8:
             raise DatasetFormatError(
                 f"{ds.path}: images are {dtype}, grt123's _clean.npy is the prepared uint8 lung volume "
@@ -178,7 +178,7 @@ def export_grt123(
         outdir.mkdir(parents=True, exist_ok=True)
         for rec in records:
             name = _safe_name(rec.case_id, ds.path)
-            clean = rec.image[np.newaxis]
+            clean = rec.arrays()[0][np.newaxis]  # checksum-checked: DatasetFormatError if altered
             label = grt123_label(rec.boxes, rec.spacing)
             written.append(
                 _atomic(outdir / f"{name}_clean.npy", lambda fh, a=clean: np.save(fh, a))
@@ -251,9 +251,10 @@ def export_npz(
         outdir.mkdir(parents=True, exist_ok=True)
         for rec in records:
             name = _safe_name(rec.case_id, ds.path)
+            image, mask = rec.arrays()  # checksum-checked: DatasetFormatError if altered
             arrays = {
-                "arr_0": rec.image,
-                "mask": rec.mask,
+                "arr_0": image,
+                "mask": mask,
                 "spacing": np.asarray(rec.spacing, float),
                 "origin": np.asarray(rec.origin, float),
                 "direction": np.asarray(rec.direction, float),
@@ -289,6 +290,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point; returns the exit status (0 ok, 1 bad input)."""
     args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.format == "grt123":
             files = export_grt123(args.dataset, args.outdir, cases=args.cases, split=args.split)

@@ -281,12 +281,13 @@ class BatchLoader:
         with open_dataset(self.path, cache_bytes=_MIB, cache_slots=521) as ds:
             self.kind = ds.kind
             self.pad_value = ds.pad_value
+            ds.report_unreadable()  # unreadable cases are not in case_ids: a warning names each
             self.case_ids = list(ds.case_ids)
-            self.shapes = np.asarray(ds.index["shape"], np.int64).reshape(-1, 3)
-            self.n_boxes = np.asarray(ds.index["n_boxes"], np.int64)
-            splits = np.asarray(ds.index["split"], np.int64)
-            self.file_inplane = tuple(int(s) for s in ds.file["images"].shape[1:])
-            self.image_dtype = ds.file["images"].dtype
+            self.shapes = ds.column("shape").astype(np.int64).reshape(-1, 3)
+            self.n_boxes = ds.column("n_boxes").astype(np.int64)
+            splits = ds.column("split").astype(np.int64)
+            self.file_inplane = ds.image_shape[1:]
+            self.image_dtype = ds.image_dtype
         codes = _split_codes(split)
         selected = (
             np.arange(len(self.case_ids))
@@ -340,8 +341,8 @@ class BatchLoader:
             )
             self._pid = os.getpid()
             # h5py resolves a name on every ``file[name]``; keep the two dataset objects.
-            self._h5 = (self._ds.file["images"], self._ds.file["masks"])
-            self._z0 = np.asarray(self._ds.index["z0"], np.int64)
+            self._h5 = self._ds.arrays
+            self._z0 = self._ds.column("z0").astype(np.int64)
         return self._ds
 
     def read_region(

@@ -283,7 +283,7 @@ def _summarise_case(ds: DsbDataset, position: int, kind: str) -> CaseSummary:
         spacing=record.spacing,
         original_spacing=record.original_spacing,
         split=record.split,
-        n_boxes=int(record.row["n_boxes"]),
+        n_boxes=record.n_boxes,
         lungs_found=meta.get("lungs_found"),
         warnings=warnings,
         note=str(meta.get("segmentation_note", "") or ""),
@@ -342,8 +342,9 @@ def summarize_dataset(
     with open_dataset(path) as ds:
         kind = ds.kind
         attrs = {k: _plain(v) for k, v in ds.attrs.items()}
-        cases = [_summarise_case(ds, i, kind) for i in range(len(ds))]
-        failures = dict(ds.failures)
+        readable = [r.position for r in ds.iter_cases(check_meta=True)]  # warns about the others
+        cases = [_summarise_case(ds, i, kind) for i in readable]
+        failures = {**ds.failures, **{k: f"unreadable: {v}" for k, v in ds.unreadable.items()}}
     lung_file = kind == "volume" and attrs.get("source") in ("lung", "nrrd")
     for c in cases:
         c.flags += _case_flags(c, kind, lung_file, min_total_l=min_total_l,

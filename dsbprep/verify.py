@@ -1,94 +1,136 @@
 """Check a dataset file end to end: ``python -m dsbprep.verify DATASET.h5``.
 
-Re-reads every stored case, recomputes its checksum, and checks the index
-against the arrays: format version, row fields, z ranges inside ``/images`` and
-not overlapping, boxes and meta ranges inside their datasets, meta that parses.
-Exits 0 when the file is sound, 1 when any problem was found (each printed),
-2 when the file cannot be opened at all.
+Checks everything the format promises (docs/FORMAT.md): the file's schema
+(through :func:`dsbprep.store.open_dataset`), every index row (ranges inside the
+arrays, status, split, spacing), that cases do not overlap and start on a chunk
+boundary, each case's geometry, its checksum (the image and mask are re-read),
+its metadata (a JSON object whose known keys have the right types), its boxes
+and foreground points inside the case, and each failed case's reason. Every
+problem is reported, per case. Exits 0 when the file is sound, 1 when any
+problem was found (each printed), 2 when the file cannot be opened at all.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import re
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .errors import DsbprepError
-from .store import STATUS_FAILED, STATUS_OK, case_checksum, open_dataset
+from .store import BOX_COLUMNS, CaseRecord, DsbDataset, case_checksum, open_dataset
 
 __all__ = ["VerifyResult", "verify_dataset", "main"]
+
+#: Tolerance on |det(direction)| - 1: direction cosines are stored as float64 from
+#: DICOM's 6-decimal strings, so an orthonormal matrix is within ~1e-5 of it.
+DIRECTION_DET_TOLERANCE = 1e-3
+#: A stored box centre lies in [-0.5, shape - 0.5) voxels: the rule the build uses to
+#: keep a nodule (dsbprep.annotations drops nodules whose centre is outside).
+_HALF_VOXEL = 0.5
+_CHECKSUM = re.compile(r"[0-9a-f]{32}")
+_SIZES = slice(BOX_COLUMNS.index("size_z"), BOX_COLUMNS.index("size_x") + 1)
 
 
 @dataclass
 class VerifyResult:
-    """Outcome of :func:`verify_dataset`."""
+    """Outcome of :func:`verify_dataset`: every problem, also grouped by case id."""
 
     cases_checked: int = 0
     failed_rows: int = 0
     problems: list[str] = field(default_factory=list)
+    by_case: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
+    def add(self, case_id: str | None, problem: str) -> None:
+        """Record ``problem`` (of ``case_id``, or of the file when None)."""
+        self.problems.append(problem if case_id is None else f"case {case_id!r}: {problem}")
+        self.by_case.setdefault(case_id or "", []).append(problem)
+
+
+def _check_file(ds: DsbDataset, result: VerifyResult) -> None:
+    """File-wide promises: arrays alike; every row valid (ranges, cases apart and chunk-aligned)."""
+    images, masks = ds.arrays
+    if images.shape != masks.shape:
+        result.add(None, f"/images {images.shape} and /masks {masks.shape} differ")
+    for problem in ds.row_problems.values():
+        result.add(problem.case_id, f"row {problem.row}: field {problem.field}: {problem.problem}")
+
+
+def _geometry_problems(rec: CaseRecord) -> Iterator[str]:
+    if not np.all(np.isfinite(rec.origin)):
+        yield f"origin {rec.origin} is not finite"
+    direction = rec.direction
+    if not np.all(np.isfinite(direction)) or abs(abs(np.linalg.det(direction)) - 1) > DIRECTION_DET_TOLERANCE:
+        yield f"direction {direction.tolist()} is not a rotation (|det| != 1)"
+    if not all(np.isfinite(s) and s > 0 for s in rec.original_spacing):
+        yield f"original_spacing {rec.original_spacing} is not finite and positive"
+    if np.any(rec.crop_box[:, 0] > rec.crop_box[:, 1]):
+        yield f"crop_box {rec.crop_box.tolist()} has a start after its stop"
+    if not _CHECKSUM.fullmatch(rec.checksum):
+        yield f"checksum {rec.checksum!r} is not 32 hex digits"
+    if rec.label < -1:
+        yield f"label {rec.label} is below -1 (none)"
+
+
+def _content_problems(rec: CaseRecord) -> Iterator[str]:
+    """Checksum, boxes and foreground points of a readable case."""
+    got = case_checksum(rec.image, rec.mask)
+    if got != rec.checksum:
+        yield f"checksum {got} != stored {rec.checksum}"
+    shape = np.asarray(rec.shape, float)
+    boxes = rec.boxes.astype(np.float64)
+    for k in np.flatnonzero(~np.all(np.isfinite(boxes), axis=1)):
+        yield f"box {k} has non-finite values {boxes[k].tolist()}"
+    finite = np.all(np.isfinite(boxes), axis=1)
+    outside = finite & np.any((boxes[:, :3] < -_HALF_VOXEL) | (boxes[:, :3] >= shape - _HALF_VOXEL), axis=1)
+    for k in np.flatnonzero(outside):
+        yield f"box {k} centre {boxes[k, :3].tolist()} is outside the case {rec.shape}"
+    for k in np.flatnonzero(finite & np.any(boxes[:, _SIZES] < 0, axis=1)):
+        yield f"box {k} has a negative size {boxes[k, _SIZES].tolist()}"
+    for label, points in (rec.meta.get("foreground") or {}).items():
+        pts = np.asarray(points, np.int64).reshape(-1, 3)
+        bad = np.any((pts < 0) | (pts >= np.asarray(rec.shape)), axis=1)
+        if bad.any():
+            yield f"{int(bad.sum())} foreground point(s) of label {label} outside the case {rec.shape}"
+
+
+def _check_case(rec: CaseRecord, result: VerifyResult) -> None:
+    result.cases_checked += 1
+    for problem in _geometry_problems(rec):
+        result.add(rec.case_id, problem)
+    try:
+        for problem in _content_problems(rec):
+            result.add(rec.case_id, problem)
+    except DsbprepError as err:  # unreadable arrays or metadata: the message names file and case
+        result.add(rec.case_id, str(err).split(f"case {rec.case_id!r}: ", 1)[-1])
+
 
 def verify_dataset(path: str) -> VerifyResult:
-    """Verify every case and the index of the dataset at ``path``.
+    """Verify every case and the index of the dataset at ``path``; every problem is collected.
 
     Raises
     ------
     DatasetFormatError
-        The file is not a dsbprep dataset, or its format version is newer.
+        The file cannot be opened as a dsbprep dataset (the message names the field).
+    FileNotFoundError
+        No such file.
     """
     result = VerifyResult()
     with open_dataset(path) as ds:
-        f = ds.file
-        images, masks = f["images"], f["masks"]
-        index = f["index"][:]
-        n_boxes, n_meta = f["boxes"].shape[0], f["meta"].shape[0]
-        if images.shape != masks.shape:
-            result.problems.append(f"/images {images.shape} and /masks {masks.shape} differ")
-        spans = []
-        for i, row in enumerate(index):
-            cid = row["case_id"].decode("utf-8", "replace")
-            where = f"row {i} ({cid!r})"
-            if row["status"] not in (STATUS_OK, STATUS_FAILED):
-                result.problems.append(f"{where}: unknown status {row['status']}")
-                continue
-            b0, nb = int(row["boxes_start"]), int(row["n_boxes"])
-            if nb < 0 or b0 < 0 or b0 + nb > n_boxes:
-                result.problems.append(f"{where}: boxes [{b0}, {b0 + nb}) outside /boxes ({n_boxes})")
-            m0, nm = int(row["meta_start"]), int(row["meta_len"])
-            if nm < 0 or m0 < 0 or m0 + nm > n_meta:
-                result.problems.append(f"{where}: meta [{m0}, {m0 + nm}) outside /meta ({n_meta})")
-            else:
-                try:
-                    json.loads(f["meta"][m0 : m0 + nm].tobytes() or b"{}")
-                except ValueError as err:
-                    result.problems.append(f"{where}: meta is not valid JSON: {err}")
-            if row["status"] == STATUS_FAILED:
-                result.failed_rows += 1
-                continue
-            z0, shape = int(row["z0"]), tuple(int(s) for s in row["shape"])
-            if min(shape) < 1 or z0 < 0 or z0 + shape[0] > images.shape[0] or shape[1] > images.shape[1] \
-                    or shape[2] > images.shape[2]:
-                result.problems.append(f"{where}: shape {shape} at z0 {z0} outside /images {images.shape}")
-                continue
-            if np.any(np.asarray(row["spacing"]) <= 0):
-                result.problems.append(f"{where}: non-positive spacing {row['spacing'].tolist()}")
-            spans.append((z0, z0 + shape[0], where))
-        spans.sort()
-        for (_a0, a1, wa), (b0_, _b1, wb) in zip(spans, spans[1:], strict=False):
-            if b0_ < a1:
-                result.problems.append(f"{wa} and {wb} overlap in /images rows")
+        _check_file(ds, result)
         for rec in ds:
-            result.cases_checked += 1
-            got = case_checksum(rec.image, rec.mask)
-            if got != rec.checksum:
-                result.problems.append(f"case {rec.case_id!r}: checksum {got} != stored {rec.checksum}")
+            _check_case(rec, result)
+        for case_id, reason in ds.failures.items():
+            result.failed_rows += 1
+            if reason.startswith("(reason unreadable"):
+                result.add(case_id, f"failed-case row: {reason}")
     return result
 
 
@@ -104,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for problem in result.problems:
         print(f"PROBLEM {problem}")
-    status = "OK" if result.ok else f"{len(result.problems)} PROBLEM(S)"
+    status = "OK" if result.ok else f"{len(result.problems)} PROBLEM(S) in {len(result.by_case)} case(s)"
     print(f"{args.dataset}: {status}: {result.cases_checked} cases verified, "
           f"{result.failed_rows} failed-case rows")
     return 0 if result.ok else 1

@@ -220,3 +220,74 @@ def test_verify_detects_corruption(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "case 'b': checksum" in out and "case 'a'" not in out
     assert verify_main([str(tmp_path / "absent.h5")]) == 2
+
+
+def test_planted_symlinks_are_not_followed(tmp_path):
+    # issue 16: the lock file and the temporary file must never write through a planted symlink
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious")
+    path = tmp_path / "d.h5"
+    os.symlink(victim, f"{path}.lock")
+    with pytest.raises(DatasetFormatError, match="lock file .*d.h5.lock is a symlink"):
+        DatasetWriter(path, image_dtype="uint8")
+    assert not path.exists()
+    os.unlink(f"{path}.lock")
+    os.symlink(victim, f"{path}.creating-{os.getpid()}")  # the name the old code used
+    with DatasetWriter(path, image_dtype="uint8", chunks=(4, 8, 8)) as w:
+        w.append(_case("a", dtype=np.uint8))
+    assert victim.read_bytes() == b"precious"
+    assert os.path.islink(f"{path}.creating-{os.getpid()}")  # untouched
+    with open_dataset(path) as ds:
+        assert ds.case_ids == ["a"]
+    fifo = tmp_path / "e.h5"
+    os.mkfifo(f"{fifo}.lock")
+    with pytest.raises(DatasetFormatError, match="not a regular file"):
+        DatasetWriter(fifo, image_dtype="uint8")
+
+
+def test_unreadable_rows_and_the_read_api(tmp_path):
+    path = tmp_path / "d.h5"
+    with DatasetWriter(path, image_dtype="int16", chunks=(4, 8, 8), pad_value=-1024) as w:
+        for k, cid in enumerate("abc"):
+            w.append(_case(cid, seed=k))
+    with h5py.File(path, "a") as f:  # point b's row before the start of the arrays
+        index = f["index"][:]
+        index["z0"][1] = -4
+        f["index"][:] = index
+    with pytest.raises(DatasetFormatError, match=r"cannot append to a file with 1 invalid index row\(s\)"):
+        DatasetWriter(path)
+    with open_dataset(path) as ds:
+        assert ds.case_ids == ["a", "c"] and "b" not in ds
+        assert list(ds.unreadable) == ["b"]
+        assert ds.unreadable["b"] == f"{path}: case 'b' (row 1): field z0: is negative"
+        with pytest.raises(DatasetFormatError, match="field z0"):
+            ds["b"]
+        with pytest.raises(DatasetFormatError, match="1 unreadable case"):
+            list(ds.iter_cases(strict=True))
+        assert [r.case_id for r in ds.iter_cases()] == ["a", "c"]
+        assert ds.column("z0").tolist() == [0, 16] and ds.column("shape").shape == (2, 3)
+        assert ds.image_dtype == np.int16 and ds.image_shape[1:] == (9, 11) and ds.chunks == (4, 8, 8)
+        image, mask = ds["c"].arrays()
+        np.testing.assert_array_equal(image, _case("c", seed=2).image)
+    with h5py.File(path, "a") as f:  # a checksum that no longer matches: arrays() refuses
+        f["images"][16, 0, 0] += 1
+    with open_dataset(path) as ds, pytest.raises(DatasetFormatError, match="'c' .*field checksum"):
+        ds["c"].arrays()
+
+
+def test_metadata_is_parsed_lazily_within_limits(tmp_path):
+    from dsbprep.store import ReadLimits
+
+    path = tmp_path / "d.h5"
+    with DatasetWriter(path, image_dtype="int16", chunks=(4, 8, 8)) as w:
+        w.append(_case("a", seed=1))
+        w.append(CaseData("deep", np.zeros((1, 2, 2), np.int16), np.zeros((1, 2, 2), np.uint8),
+                          meta={"x": [[[[1]]]]}))
+    with open_dataset(path) as ds:
+        assert ds["deep"].meta["x"] == [[[[1]]]]
+    with open_dataset(path, limits=ReadLimits(max_meta_depth=4)) as ds:
+        assert ds.case_ids == ["a", "deep"]  # nothing parsed yet
+        with pytest.raises(DatasetFormatError, match=r"case 'deep': field meta: nested 5 levels deep \(at most 4\)"):
+            _ = ds["deep"].meta
+        assert [r.case_id for r in ds.iter_cases(check_meta=True)] == ["a"]
+        assert "deep" in ds.unreadable

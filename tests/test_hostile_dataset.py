@@ -1,0 +1,84 @@
+"""Hostile dataset files (issue 16): each class is made by the test, then every command runs on it.
+
+The classes of ``tests/hostile.py``: index rows pointing outside the arrays (negative
+z0, z0 past the end, a shape larger than the arrays or 64 x 65536 x 65536, box and
+meta ranges outside), a case id that is not UTF-8, metadata that is not an object
+or 200,000 levels deep, a missing ``/index`` or ``kind``, a 2-D ``/images``, an
+index with other fields, and HDF5 features that reach outside the file (external
+storage, a virtual dataset, an external link, a soft link). For each, verify,
+export, report and the loader must end in a one-line error naming the file and
+the field, or read correct data (the other cases, byte for byte) and name the
+case they skip; no bytes of the local "secret" file reach any output; the
+process's memory stays bounded. The last test prints the table that
+docs/RELIABILITY.md quotes.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+import pytest
+from hostile import HOSTILE, make_base, run_commands
+from test_fuzz import PeakRSS
+
+#: Most resident memory one class's four commands may add (MiB): the largest legitimate read
+#: here is one 8 x 16 x 16 patch; the 64 x 65536 x 65536 case alone would be 256 GiB.
+MAX_RSS_GROWTH_MIB = 300
+#: The issue's bound on the whole process's peak resident memory.
+MAX_PEAK_RSS_MIB = 1024
+_MIB = 2**20
+OUTCOMES: dict[str, tuple[dict, float, float]] = {}
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return make_base(tmp_path_factory.mktemp("hostile") / "base.h5")
+
+
+def _check_file_level(said, path, field) -> None:
+    assert (said["verify"].rc, said["export"].rc, said["report"].rc, said["loader"].rc) == (2, 1, 2, 1)
+    for name, s in said.items():
+        text = s.text.strip()
+        assert "\n" not in text, (name, text)  # one line, no traceback
+        assert str(path) in text and f"{field}:" in text, (name, text)
+
+
+def _check_case_level(said, level, field, caplog) -> None:
+    assert said["verify"].rc == 1 and f"field {field}" in said["verify"].text
+    readable = ("a", "c") if level == "row" else ("a", "b", "c")
+    assert said["export"].rc == 0 and said["export"].cases == readable  # data compared in hostile.py
+    assert said["report"].rc == 0 and set(said["report"].cases) == {"a", "c"}
+    assert "unreadable listed" in said["report"].text
+    assert said["loader"].rc == 0 and said["loader"].cases == readable
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("skipping unreadable case" in m and "(row 1)" in m or "case 'b'" in m for m in warned)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_hostile_file(name, base, tmp_path, caplog):
+    level, field, mutate = HOSTILE[name]
+    path = tmp_path / "d.h5"
+    shutil.copy(base, path)
+    mutate(path)
+    caplog.set_level(logging.WARNING, logger="dsbprep")
+    with PeakRSS() as rss:
+        said = run_commands(path, tmp_path)
+    OUTCOMES[name] = (said, rss.growth_mib, rss.peak / _MIB)
+    if level == "file":
+        _check_file_level(said, path, field)
+    else:
+        _check_case_level(said, level, field, caplog)
+    assert rss.growth_mib < MAX_RSS_GROWTH_MIB
+    assert rss.peak / _MIB < MAX_PEAK_RSS_MIB
+
+
+def test_report_hostile_outcomes(capsys):
+    # runs last in this file: what each command said per class, for docs/RELIABILITY.md
+    with capsys.disabled():
+        print("\nRELIABILITY hostile files (command: exit status [cases read]: first line):")
+        for name, (said, growth, peak) in OUTCOMES.items():
+            print(f"* {name} (peak RSS {peak:.0f} MiB, +{growth:.0f} MiB)")
+            for command, s in said.items():
+                print(f"    {command}: {s.short()[:200]}")
