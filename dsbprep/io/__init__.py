@@ -38,7 +38,7 @@ _WHERE = {
     "read_dataset": "dicom",
     "Frame": "frame",
     "read_dicom_frame": "frame",
-    "Volume": "nrrd",
+    "Volume": "volume",
     "read_nrrd_volume": "nrrd",
     "read_volume": "volume",
     "load_volume": "volume",

@@ -405,6 +405,7 @@ def _read_dataset(
     max_inflated_bytes: int | None = None,
     defer_size: int | None = None,
     name: str = "",
+    force: bool = True,
 ) -> pydicom.FileDataset:
     """:func:`read_dataset` on an open binary file; raises pydicom's own errors (``_READ_ERRORS``).
 
@@ -417,7 +418,7 @@ def _read_dataset(
     if not _maybe_deflated(fh):
         fh.seek(start)
         return pydicom.dcmread(
-            fh, defer_size=defer_size, stop_before_pixels=stop_before_pixels, force=True
+            fh, defer_size=defer_size, stop_before_pixels=stop_before_pixels, force=force
         )
     fh.seek(start)
     read_preamble(fh, True)
@@ -425,7 +426,7 @@ def _read_dataset(
     if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
         fh.seek(start)
         return pydicom.dcmread(
-            fh, defer_size=defer_size, stop_before_pixels=stop_before_pixels, force=True
+            fh, defer_size=defer_size, stop_before_pixels=stop_before_pixels, force=force
         )
     if max_inflated_bytes is None:
         max_inflated_bytes = HEADER_INFLATE_BYTES if stop_before_pixels else MAX_FILE_BYTES
