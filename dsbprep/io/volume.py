@@ -56,6 +56,10 @@ __all__ = [
     "volume_case_id",
     "is_volume_file",
     "read_volume",
+    "SPACING_TOLERANCE_MM",
+    "ORIGIN_TOLERANCE_MM",
+    "DIRECTION_TOLERANCE",
+    "check_alignment",
     "canonical_axes",
     "load_volume",
 ]
@@ -68,6 +72,13 @@ VOLUME_SUFFIXES = (".nii.gz", ".nhdr", ".nrrd", ".mhd", ".mha", ".nii")
 #: are not HU (-500 HU: no tissue is below it, lung parenchyma is about -850).
 MAX_AIR_HU = -500
 _INT16 = np.iinfo(np.int16)
+#: Largest spacing difference (mm) between image and label still called "the same grid".
+#: ct-64's DICOM series and its NRRD differ by 0.0003 mm in z spacing (rounded header values).
+SPACING_TOLERANCE_MM = 0.01
+#: Largest origin difference (mm); DICOM positions are often written with 3 decimals.
+ORIGIN_TOLERANCE_MM = 0.1
+#: Largest difference of any direction-cosine component.
+DIRECTION_TOLERANCE = 1e-3
 
 
 @dataclass
@@ -188,6 +199,84 @@ def read_volume(path: str | os.PathLike, *, max_voxels: int | None = None) -> Vo
 
         return read_nrrd_volume(path, max_voxels=cap)
     return _read_sitk(path, check_volume_file(path, max_voxels=cap))
+
+
+def check_alignment(
+    image: Volume,
+    label: Volume,
+    *,
+    spacing_tolerance_mm: float = SPACING_TOLERANCE_MM,
+    origin_tolerance_mm: float = ORIGIN_TOLERANCE_MM,
+    direction_tolerance: float = DIRECTION_TOLERANCE,
+) -> None:
+    """Check that ``label`` lies on ``image``'s voxel grid.
+
+    Parameters
+    ----------
+    image, label : Volume
+    spacing_tolerance_mm, origin_tolerance_mm : float
+        Largest accepted absolute differences of spacing and origin, mm.
+    direction_tolerance : float
+        Largest accepted difference of a direction cosine.
+
+    Raises
+    ------
+    VolumeFileError
+        Shapes differ, or spacing, origin or direction differ by more than the tolerance;
+        the message names both files and the values.
+
+    Examples
+    --------
+    >>> a = Volume(np.zeros((2, 3, 4)), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3), "ct.nrrd")
+    >>> b = Volume(np.zeros((2, 3, 4)), (1.0, 1.0, 1.0), (0.0, 0.0, 2.0), np.eye(3), "lm.nrrd")
+    >>> check_alignment(a, b)
+    Traceback (most recent call last):
+    ...
+    dsbprep.errors.VolumeFileError: image ct.nrrd vs label lm.nrrd: origin (z, y, x) 0, 0, 0 mm vs 0, 0, 2 mm differ by 2 mm > origin_tolerance_mm=0.1
+    """
+    where = f"image {image.path} vs label {label.path}"
+
+    def fmt(values) -> str:
+        return ", ".join(f"{v:.6g}" for v in np.asarray(values, float).ravel())
+
+    if image.array.shape != label.array.shape:
+        raise VolumeFileError(
+            f"{where}: shape (z, y, x) {image.array.shape} vs {label.array.shape}: "
+            "the label is not on the image grid"
+        )
+    checks = (
+        (
+            "spacing (z, y, x)",
+            image.spacing,
+            label.spacing,
+            spacing_tolerance_mm,
+            "spacing_tolerance_mm",
+            " mm",
+        ),
+        (
+            "origin (z, y, x)",
+            image.origin,
+            label.origin,
+            origin_tolerance_mm,
+            "origin_tolerance_mm",
+            " mm",
+        ),
+        (
+            "direction",
+            image.direction,
+            label.direction,
+            direction_tolerance,
+            "direction_tolerance",
+            "",
+        ),
+    )
+    for what, a, b, tol, key, unit in checks:
+        diff = float(np.max(np.abs(np.asarray(a, float) - np.asarray(b, float))))
+        if not diff <= tol:
+            raise VolumeFileError(
+                f"{where}: {what} {fmt(a)}{unit} vs {fmt(b)}{unit} differ by "
+                f"{diff:.4g}{unit} > {key}={tol:g}"
+            )
 
 
 def canonical_axes(volume: Volume) -> tuple[Volume, str]:

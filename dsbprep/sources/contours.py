@@ -35,7 +35,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from scipy import ndimage
@@ -44,7 +44,7 @@ from skimage.draw import polygon as _fill_polygon
 from ..errors import MaskSourceError
 from ..io.frame import Frame, read_dicom_frame
 from ..store import CaseData
-from . import Task, listing_fingerprint
+from . import SourceBase, Task, listing_fingerprint
 
 __all__ = [
     "LABEL_BLOOD_POOL",
@@ -388,7 +388,7 @@ def discover_contour_cases(
 
 
 @dataclass
-class ContourSource:
+class ContourSource(SourceBase):
     """Sunnybrook-style contour files -> 2-D (image, label mask) cases.
 
     Parameters
@@ -409,11 +409,8 @@ class ContourSource:
     empty_frames: str = "skip"
     max_area_fraction: float = MAX_AREA_FRACTION
     target_spacing: tuple[float, float] | None = None
-    name: str = "contours"
-    kind: str = "slices"
-    image_dtype: str = "int16"
-    pad_value: float = 0
-    chunks: tuple[int, int, int] | None = None
+    name: ClassVar[str] = "contours"
+    kind: ClassVar[str] = "slices"  # int16 images, pad 0, default chunks: SourceBase's
 
     def __post_init__(self) -> None:
         if self.empty_frames not in ("skip", "store"):
