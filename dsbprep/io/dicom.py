@@ -398,6 +398,23 @@ def _maybe_deflated(fh) -> bool:
     return _DEFLATED_UID in fh.read(length)
 
 
+def _declared_inflate_cap(fh, meta: pydicom.dataset.FileMetaDataset, name: str) -> int:
+    """Cap for a deflated body from its own header: a header's allowance plus the pixel bytes
+    Rows x Columns x frames x samples x BitsAllocated declare, plus slack; ``fh`` is left
+    where it was (at the body)."""
+    at = fh.tell()
+    head = inflate(fh, "deflate", HEADER_INFLATE_BYTES, truncate=True, name=name)
+    fh.seek(at)
+    with _warnings.catch_warnings():
+        _warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(_explicit_le_file(meta, head), stop_before_pixels=True, force=True)
+    pixels = 1
+    for key in ("Rows", "Columns", "NumberOfFrames", "SamplesPerPixel"):
+        pixels *= max(_int(ds.get(key)) or 1, 1)
+    pixels *= max(_int(ds.get("BitsAllocated")) or 16, 8) // 8
+    return min(HEADER_INFLATE_BYTES + pixels + _INFLATE_SLACK_BYTES, MAX_FILE_BYTES)
+
+
 def _read_dataset(
     fh,
     *,
@@ -429,7 +446,8 @@ def _read_dataset(
             fh, defer_size=defer_size, stop_before_pixels=stop_before_pixels, force=force
         )
     if max_inflated_bytes is None:
-        max_inflated_bytes = HEADER_INFLATE_BYTES if stop_before_pixels else MAX_FILE_BYTES
+        max_inflated_bytes = (HEADER_INFLATE_BYTES if stop_before_pixels
+                              else _declared_inflate_cap(fh, meta, name))
     body = inflate(fh, "deflate", max_inflated_bytes, truncate=stop_before_pixels, name=name)
     ds = pydicom.dcmread(
         _explicit_le_file(meta, body),  # type: ignore[arg-type]
@@ -461,10 +479,11 @@ def read_dataset(
         Read the header only. A deflated body is then inflated up to
         :data:`HEADER_INFLATE_BYTES` and the rest is never decompressed.
     max_inflated_bytes : int, optional
-        Cap on the inflated body (default :data:`HEADER_INFLATE_BYTES` for a header,
-        :data:`MAX_FILE_BYTES` otherwise). The series reader passes one slice's header plus
-        its Rows x Columns x BitsAllocated pixel bytes (a slice of a series within
-        ``max_voxels``) plus 1 MiB.
+        Cap on the inflated body. Default: :data:`HEADER_INFLATE_BYTES` for a header; for a
+        full read, that plus the pixel bytes the file's own header declares (Rows x Columns
+        x frames x samples x BitsAllocated) plus 1 MiB, at most :data:`MAX_FILE_BYTES`. The
+        series reader passes the same for a slice whose size was checked against
+        ``max_voxels``.
 
     Returns
     -------
