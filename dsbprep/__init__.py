@@ -3,11 +3,13 @@
 The public API is importable from the package root; submodules load on first
 use so that ``import dsbprep`` stays cheap (no matplotlib, torch or dask).
 
-Pipeline stages, one module each: ``dicom`` (series loading, HU), ``segment``
+Pipeline stages, one module each: ``io`` (every file reader: ``io.dicom`` DICOM series
+loading and HU, ``io.volume`` MetaImage/NIfTI/NRRD files via ``load_volume``, ``io.frame``
+single DICOM frames; ``dicom`` is an alias of ``io.dicom``), ``segment``
 (grt123 lung masks), ``preprocess`` (training volume), ``store`` (the HDF5
 format), ``build`` (the parallel, resumable build), ``loader`` (patches and
-batches), ``augment`` (random transforms), ``sources`` (contour, RLE and NRRD
-mask sources), ``metrics``.
+batches), ``augment`` (random transforms), ``sources`` (lung, volumes, contour, RLE
+and NRRD mask sources), ``metrics``.
 """
 
 from __future__ import annotations
@@ -26,12 +28,14 @@ _PUBLIC = {
     "SegmentationError": "errors",
     "DatasetFormatError": "errors",
     "MaskSourceError": "errors",
+    "VolumeFileError": "errors",
     "StorageFullError": "errors",
     "Scan": "dicom",
     "load_scan": "dicom",
     "list_series": "dicom",
     "SeriesInfo": "dicom",
     "find_dicom_files": "dicom",
+    "load_volume": "io.volume",
     "prepare_lung_volume": "preprocess",
     "TrainingVolume": "preprocess",
     "voxel_to_world": "geometry",

@@ -17,7 +17,10 @@
 
 from __future__ import annotations
 
-import importlib
+from .dicom import Scan, load_scan, read_dataset
+from .frame import Frame, read_dicom_frame
+from .nrrd import read_nrrd_volume
+from .volume import VOLUME_SUFFIXES, Volume, load_volume, read_volume
 
 __all__ = [
     "Scan",
@@ -31,25 +34,3 @@ __all__ = [
     "load_volume",
     "VOLUME_SUFFIXES",
 ]
-
-_WHERE = {
-    "Scan": "dicom",
-    "load_scan": "dicom",
-    "read_dataset": "dicom",
-    "Frame": "frame",
-    "read_dicom_frame": "frame",
-    "Volume": "volume",
-    "read_nrrd_volume": "nrrd",
-    "read_volume": "volume",
-    "load_volume": "volume",
-    "VOLUME_SUFFIXES": "volume",
-}
-
-
-def __getattr__(name: str):
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'dsbprep.io' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
