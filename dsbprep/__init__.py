@@ -7,9 +7,12 @@ The map of the package, in pipeline order: follow a case from DICOM to patch.
 
 Inputs
     ``phantom``      the embedded default cohort: synthetic chest CTs written as DICOM
-    ``io``           file readers (DICOM, MetaImage, NIfTI, NRRD)
-    ``dicom``        a folder of DICOM slices -> one HU volume with its geometry
-    ``sources``      one input layout per source (lung CT, contours, RLE, NRRD) -> cases
+    ``io``           every file reader: ``io.dicom`` a DICOM series -> one HU volume with its
+                     geometry (bounded inflation of deflated files), ``io.volume``
+                     MetaImage/NIfTI/NRRD files (``load_volume``), ``io.frame`` single DICOM
+                     frames; ``dicom`` is an alias of ``io.dicom``
+    ``sources``      one input layout per source (lung CT from DICOM folders or volume files,
+                     nnU-Net/Decathlon volumes, contours, RLE, NRRD) -> cases
 Per case (in the build's worker processes)
     ``segment``      grt123's left/right lung segmentation of the HU volume
     ``geometry``     voxel <-> world coordinates, bounding boxes
@@ -56,12 +59,14 @@ _PUBLIC = {
     "SegmentationError": "errors",
     "DatasetFormatError": "errors",
     "MaskSourceError": "errors",
+    "VolumeFileError": "errors",
     "StorageFullError": "errors",
     "Scan": "dicom",
     "load_scan": "dicom",
     "list_series": "dicom",
     "SeriesInfo": "dicom",
     "find_dicom_files": "dicom",
+    "load_volume": "io.volume",
     "prepare_lung_volume": "preprocess",
     "TrainingVolume": "preprocess",
     "voxel_to_world": "geometry",

@@ -468,8 +468,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="ini file (default: ./config.ini if present)")
     p.add_argument("--data_directory", default=None, help="base directory for data [paths] data_directory")
     p.add_argument("--output_filename", default=None, help="name of the HDF5 file to create or extend")
-    p.add_argument("--source", default=None, choices=("lung", "contours", "rle", "nrrd"),
-                   help="mask source: lung, contours, rle or nrrd (default: [build] source)")
+    p.add_argument("--source", default=None, choices=("lung", "volumes", "contours", "rle", "nrrd"),
+                   help="mask source: lung, volumes, contours, rle or nrrd (default: [build] source)")
     p.add_argument("--workers", type=int, default=None, help="worker processes (default from config)")
     p.add_argument("--backend", choices=("loky", "dask"), default=None, help="parallel backend")
     p.add_argument("--scheduler", default=None, help="dask.distributed scheduler address (backend dask)")

@@ -53,6 +53,7 @@ DEFAULTS: dict[str, dict[str, str]] = {
     "dicom": {
         "pad_hu": "-1024",
         "allowed_modalities": "CT",
+        "max_voxels": "2147483648",
     },
     "segmentation": {
         "intensity_threshold_hu": "-600",
@@ -138,6 +139,16 @@ DEFAULTS: dict[str, dict[str, str]] = {
         "pad_value": "-1024",
         "png_directory": "",
         "png_window": "-1200, 600",
+    },
+    "volumes": {
+        "images_dir": "imagesTr",
+        "labels_dir": "labelsTr",
+        "channel": "_0000",
+        "label_map": "",
+        "label_bits": "0",
+        "target_spacing": "",
+        "image_dtype": "int16",
+        "pad_value": "-1024",
     },
 }
 

@@ -13,6 +13,7 @@ __all__ = [
     "SegmentationError",
     "DatasetFormatError",
     "MaskSourceError",
+    "VolumeFileError",
     "StorageFullError",
 ]
 
@@ -38,6 +39,17 @@ class DatasetFormatError(DsbprepError):
 
 class MaskSourceError(DsbprepError):
     """A mask source (contour file, RLE CSV row, label NRRD) is malformed."""
+
+
+class VolumeFileError(MaskSourceError):
+    """A volume file (MetaImage, NIfTI, NRRD) cannot be read, or is refused before reading.
+
+    Refused: detached data outside the case folder or not a regular file, a declared size
+    above the voxel cap, compressed data that inflate past the declared size, 4-D or
+    vector images, values that are not Hounsfield units where HU are needed. The message
+    names the file and the reason. (A :class:`MaskSourceError`, as label volumes are read
+    by the same code.)
+    """
 
 
 class StorageFullError(DsbprepError, OSError):

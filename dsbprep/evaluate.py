@@ -73,7 +73,8 @@ def _hdf5_pairs(
 def _nrrd_pair(
     pred: Path, truth: Path, case_id: str
 ) -> tuple[str, np.ndarray | None, np.ndarray, tuple, str]:
-    from .sources.nrrd import check_alignment, read_nrrd_volume
+    from .io.nrrd import read_nrrd_volume
+    from .io.volume import check_alignment
 
     t = read_nrrd_volume(truth)
     if not pred.exists():

@@ -65,3 +65,9 @@ def sunnybrook_dir() -> Path:
 def reference_npz() -> Path:
     """grt123's own outputs for LIDC-IDRI-0001."""
     return shared_path("reference/grt123-LIDC-IDRI-0001.npz")
+
+
+@pytest.fixture(scope="session")
+def luna16_annotations() -> Path:
+    """LUNA16's annotations.csv (1,186 nodules of 888 LIDC-IDRI series)."""
+    return shared_path("reference/luna16/annotations.csv")

@@ -9,7 +9,9 @@ substitutions:
   run: it is what runs this test.
 * ``/data/dsb17/stage1`` -> the synthetic cohort the first block wrote; ``/data/LIDC-IDRI`` ->
   a folder holding LIDC-IDRI-0001 from ../shared/data (the synthetic cohort without it);
-  ``/data/luna16/annotations.csv`` -> a one-row LUNA16 CSV for that scan;
+  ``/data/luna16/annotations.csv`` -> a one-row LUNA16 CSV for that scan; ``/data/luna16`` ->
+  a LUNA16-layout folder (``subset0/<uid>.mhd`` of that scan, or of a synthetic patient);
+  ``/data/Task06_Lung`` -> a Decathlon-layout folder (``imagesTr``/``labelsTr`` NIfTI);
   ``/data/predictions.h5`` -> the built file itself; any other ``/data/...`` -> a scratch
   folder.
 * ``.venv/bin/dsbprep`` -> the console script ``pip install`` wrote; a venv installed before
@@ -110,6 +112,7 @@ def project(tmp_path_factory) -> Path:
         f"{LIDC_SERIES_UID},{','.join(str(v) for v in LUNA_ROW)}\n"
     )
     (root / "data").mkdir()
+    _volume_folders(root)
     return proj
 
 
@@ -131,6 +134,31 @@ def _console_script(proj: Path) -> str:
     )
     script.chmod(0o755)
     return str(script)
+def _volume_folders(root: Path) -> None:
+    """LUNA16 (MetaImage) and Decathlon (NIfTI) layouts of LIDC-IDRI-0001 or a synthetic patient."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from dsbprep.dicom import load_scan
+
+    if LIDC.is_dir():
+        scan, uid = load_scan(LIDC), LIDC_SERIES_UID
+    else:
+        from dsbprep.sample import write_sample_cohort
+
+        write_sample_cohort(root / "sample", n_patients=1, seed=0)
+        scan = load_scan(next(p for p in (root / "sample").iterdir() if p.is_dir()))
+        uid = scan.series_uid
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(list(scan.source_files))
+    image = sitk.Cast(reader.Execute(), sitk.sitkInt16)
+    (root / "luna16" / "subset0").mkdir(parents=True)
+    sitk.WriteImage(image, str(root / "luna16" / "subset0" / f"{uid}.mhd"))
+    label = sitk.GetImageFromArray((sitk.GetArrayFromImage(image) > 0).astype(np.uint8))
+    label.CopyInformation(image)
+    for folder, name, volume in (("imagesTr", "lung_001", image), ("labelsTr", "lung_001", label)):
+        (root / "Task06_Lung" / folder).mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(volume, str(root / "Task06_Lung" / folder / f"{name}.nii.gz"))
 
 
 def _substitute(code: str, proj: Path, port: int) -> str:
@@ -141,6 +169,8 @@ def _substitute(code: str, proj: Path, port: int) -> str:
         ("/data/dsb17/stage1", str(proj / "data" / "input")),
         ("/data/LIDC-IDRI", str(lidc)),
         ("/data/luna16/annotations.csv", str(root / "annotations.csv")),
+        ("/data/luna16 ", f"{root / 'luna16'} "),
+        ("/data/Task06_Lung ", f"{root / 'Task06_Lung'} "),
         ("/data/predictions.h5", "data/dsbprep.h5"),
         ("/data/", f"{root / 'data'}/"),
         ("scheduler-host:8786", f"127.0.0.1:{port}"),
@@ -222,6 +252,7 @@ def test_every_readme_command_runs(project):
     assert (
         "dsb17.h5: built 1" in text and "lidc.h5: built 1" in text and "luna16.h5: built 1" in text
     )
+    assert "luna16-mhd.h5: built 1" in text and "msd.h5: built 1" in text  # volume files
     if LIDC.is_dir():
         from dsbprep.store import open_dataset
 

@@ -1,12 +1,19 @@
 """Mask sources: each turns one input layout into :class:`dsbprep.store.CaseData` records.
 
-A source is an object with
+A source follows the :class:`Source` protocol:
 
 - ``name``, ``kind`` ("volume" or "slices"), ``image_dtype``, ``pad_value``,
   ``chunks`` (or None for the default) - how its dataset file is created;
+- ``from_config(config)``: the source configured from ``config.ini``;
 - ``discover(data_directory) -> list[Task]``: cheap, runs in the main process;
 - ``process(task) -> CaseData``: the per-case work, run in a worker process
   (the source object and the task must pickle).
+
+:class:`SourceBase` holds those attributes' defaults and :meth:`SourceBase.case_data`,
+the ``CaseData`` every ``process`` ends with. The sources: ``lung`` (DICOM folders
+and volume files -> lung masks), ``volumes`` (image + label volume files, nnU-Net /
+Decathlon layout), ``nrrd`` (image + label per case folder), ``contours`` (Sunnybrook)
+and ``rle`` (SIIM-ACR). They read files only through :mod:`dsbprep.io`.
 
 ``get_source(name, config)`` builds one from the configuration.
 """
@@ -17,9 +24,12 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
-__all__ = ["Task", "SOURCES", "get_source", "listing_fingerprint"]
+if TYPE_CHECKING:
+    from ..store import CaseData
+
+__all__ = ["Task", "Source", "SourceBase", "SOURCES", "get_source", "listing_fingerprint"]
 
 #: Source name -> "module:class" (imported on demand).
 SOURCES = {
@@ -27,6 +37,7 @@ SOURCES = {
     "contours": "dsbprep.sources.contours:ContourSource",
     "rle": "dsbprep.sources.rle:RLESource",
     "nrrd": "dsbprep.sources.nrrd:NrrdSource",
+    "volumes": "dsbprep.sources.volumes:VolumesSource",
 }
 
 
@@ -57,6 +68,46 @@ class Task:
         return self.patient_id or self.case_id
 
 
+@runtime_checkable
+class Source(Protocol):
+    """What the build needs of a mask source (see the module docstring)."""
+
+    name: ClassVar[str]
+    kind: ClassVar[str]
+    image_dtype: str
+    pad_value: float
+    chunks: tuple[int, int, int] | None
+
+    @classmethod
+    def from_config(cls, config: Any) -> Source: ...
+
+    def discover(self, data_directory: str | os.PathLike) -> list[Task]: ...
+
+    def process(self, task: Task) -> CaseData: ...
+
+
+class SourceBase:
+    """Defaults of the attributes every source has, and the ``CaseData`` tail of ``process``.
+
+    Subclasses are dataclasses; they set ``name`` and ``kind`` and declare the attributes
+    their configuration changes (e.g. the lung source's ``pad_value``) as fields.
+    """
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = "volume"
+    image_dtype: str = "int16"
+    pad_value: float = 0
+    chunks: tuple[int, int, int] | None = None
+
+    def case_data(self, task: Task, image: Any, mask: Any, meta: dict, **fields: Any) -> CaseData:
+        """The case of ``task``: its id and input fingerprint, ``meta`` with the source's name."""
+        from ..store import CaseData
+
+        return CaseData(case_id=task.case_id, image=image, mask=mask,
+                        source_hash=task.fingerprint, meta={"source": self.name, **meta},
+                        **fields)
+
+
 def listing_fingerprint(files: list[Path], root: Path) -> str:
     """SHA-256 over the sorted (relative path, size) pairs of ``files``.
 
@@ -71,7 +122,7 @@ def listing_fingerprint(files: list[Path], root: Path) -> str:
     return h.hexdigest()
 
 
-def get_source(name: str, config: Any) -> Any:
+def get_source(name: str, config: Any) -> Source:
     """Instantiate the source ``name`` from a :class:`dsbprep.config.Config`."""
     try:
         target = SOURCES[name]

@@ -33,18 +33,18 @@ from __future__ import annotations
 import csv
 import logging
 import re
-import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from scipy import ndimage
 from skimage.draw import polygon as _fill_polygon
 
-from ..errors import DicomSeriesError, MaskSourceError
+from ..errors import MaskSourceError
+from ..io.frame import Frame, read_dicom_frame
 from ..store import CaseData
-from . import Task, listing_fingerprint
+from . import SourceBase, Task, listing_fingerprint
 
 __all__ = [
     "LABEL_BLOOD_POOL",
@@ -66,141 +66,10 @@ LABEL_BLOOD_POOL = 1
 LABEL_MYOCARDIUM = 2
 #: Seed 002's ``getMask(maskThreshold=0.5)``: a polygon covering more than half the image is corrupt.
 MAX_AREA_FRACTION = 0.5
-#: z spacing recorded for a 2-D frame without SliceThickness (mm); only a placeholder.
-NOMINAL_Z_SPACING_MM = 1.0
 #: ``IM-0001-0048-icontour-manual.txt`` -> frame 48, kind "icontour".
 CONTOUR_NAME = re.compile(r"^IM-\d{4}-(?P<frame>\d{4})-(?P<kind>[io]contour)-manual\.txt$")
 #: Sub-folders of a patient's contour folder, by contour kind.
 CONTOUR_DIRS = {"icontour": "i-contours", "ocontour": "o-contours"}
-
-
-# --- single 2-D DICOM frames --------------------------------------------------------------
-
-
-@dataclass
-class Frame:
-    """One 2-D DICOM image with its geometry.
-
-    Attributes
-    ----------
-    pixels : ndarray (y, x)
-        Modality-LUT values (float64, or the stored integer dtype when there is no rescale).
-    spacing : tuple of 3 float
-        (z, y, x) mm: SliceThickness (or ``NOMINAL_Z_SPACING_MM``), then PixelSpacing
-        (or ImagerPixelSpacing) rows and columns.
-    origin : tuple of 3 float
-        World (z, y, x) of pixel [0, 0] (ImagePositionPatient reversed; zeros when absent).
-    direction : ndarray (3, 3)
-        Columns: world (z, y, x) unit vectors of index axes (normal, row index, column index).
-    patient_id, sop_instance_uid, modality, photometric : str
-    notes : list of str
-        pydicom warnings and fallbacks met while reading.
-    """
-
-    pixels: np.ndarray
-    spacing: tuple[float, float, float]
-    origin: tuple[float, float, float]
-    direction: np.ndarray
-    patient_id: str
-    sop_instance_uid: str
-    modality: str
-    photometric: str
-    notes: list[str] = field(default_factory=list)
-
-
-def _floats(value: Any, n: int) -> list[float] | None:
-    try:
-        out = [float(v) for v in value]
-    except (TypeError, ValueError):
-        return None
-    return out if len(out) == n and all(np.isfinite(out)) else None
-
-
-def read_dicom_frame(path: str | Path) -> Frame:
-    """Read one single-frame grayscale DICOM image (any transfer syntax pydicom decodes).
-
-    JPEG-compressed files (SIIM-ACR's JPEG Baseline) decode through pylibjpeg. pydicom's
-    warnings (e.g. Sunnybrook's invalid UIDs) are caught and returned in ``notes``.
-    MONOCHROME1 images are inverted so that larger values are brighter.
-
-    Parameters
-    ----------
-    path : str or Path
-        The ``.dcm`` file.
-
-    Returns
-    -------
-    Frame
-
-    Raises
-    ------
-    DicomSeriesError
-        The file is missing, not DICOM, has no decodable pixels, or is not one 2-D grayscale frame.
-
-    Examples
-    --------
-    >>> frame = read_dicom_frame("dicoms/SCD0000101/48.dcm")  # doctest: +SKIP
-    >>> frame.pixels.shape, frame.spacing  # doctest: +SKIP
-    ((256, 256), (10.0, 1.367188, 1.367188))
-    """
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut
-
-    path = Path(path)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            ds = pydicom.dcmread(path)
-        except (InvalidDicomError, OSError) as err:
-            raise DicomSeriesError(f"{path}: cannot read as DICOM: {err}") from err
-        try:
-            raw = ds.pixel_array
-        except Exception as err:  # pydicom raises many types for undecodable pixel data
-            syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "?")
-            raise DicomSeriesError(
-                f"{path}: cannot decode the pixel data (transfer syntax {syntax}): {err}"
-            ) from err
-        if raw.ndim != 2:
-            raise DicomSeriesError(
-                f"{path}: expected one 2-D grayscale frame, got pixel array of shape {raw.shape}"
-            )
-        pixels = apply_modality_lut(raw, ds)
-        photometric = str(ds.get("PhotometricInterpretation", ""))
-        notes: list[str] = []
-        if photometric == "MONOCHROME1":
-            pixels = pixels.max() + pixels.min() - pixels
-            notes.append("MONOCHROME1 inverted so that larger values are brighter")
-        pix = _floats(ds.get("PixelSpacing"), 2) or _floats(ds.get("ImagerPixelSpacing"), 2)
-        if pix is None:
-            pix = [1.0, 1.0]
-            notes.append("no PixelSpacing/ImagerPixelSpacing: 1 mm assumed")
-        thickness = _floats([ds.get("SliceThickness")], 1)
-        z = thickness[0] if thickness and thickness[0] > 0 else NOMINAL_Z_SPACING_MM
-        ipp = _floats(ds.get("ImagePositionPatient"), 3)
-        iop = _floats(ds.get("ImageOrientationPatient"), 6)
-        direction = np.eye(3)
-        if iop is not None:
-            row, col = np.asarray(iop[:3]), np.asarray(iop[3:])
-            normal = np.cross(row, col)
-            if np.linalg.norm(normal) > 0.5:
-                # index axes (z, y, x) = (normal, column cosine, row cosine), world order (z, y, x)
-                direction = np.stack([normal[::-1], col[::-1], row[::-1]], axis=1)
-        frame = Frame(
-            pixels=pixels,
-            spacing=(float(z), float(pix[0]), float(pix[1])),
-            origin=tuple(float(v) for v in ipp[::-1]) if ipp else (0.0, 0.0, 0.0),
-            direction=direction,
-            patient_id=str(ds.get("PatientID", "")),
-            sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
-            modality=str(ds.get("Modality", "")),
-            photometric=photometric,
-            notes=notes,
-        )
-    frame.notes.extend(f"{path.name}: {w.message}" for w in caught)
-    for note in frame.notes:
-        logger.debug("%s", note)
-    return frame
 
 
 # --- contours -> masks -----------------------------------------------------------------------
@@ -549,7 +418,7 @@ def _patient_frames(dicom_folder: Path, contour_folder: Path) -> dict[int, dict[
 
 
 @dataclass
-class ContourSource:
+class ContourSource(SourceBase):
     """Sunnybrook-style contour files -> 2-D (image, label mask) cases.
 
     Parameters
@@ -570,11 +439,8 @@ class ContourSource:
     empty_frames: str = "skip"
     max_area_fraction: float = MAX_AREA_FRACTION
     target_spacing: tuple[float, float] | None = None
-    name: str = "contours"
-    kind: str = "slices"
-    image_dtype: str = "int16"
-    pad_value: float = 0
-    chunks: tuple[int, int, int] | None = None
+    name: ClassVar[str] = "contours"
+    kind: ClassVar[str] = "slices"  # int16 images, pad 0, default chunks: SourceBase's
 
     def __post_init__(self) -> None:
         if self.empty_frames not in ("skip", "store"):

@@ -27,14 +27,14 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from skimage.transform import resize
 
 from ..errors import MaskSourceError
 from ..store import CaseData
-from . import Task, listing_fingerprint
+from . import SourceBase, Task, listing_fingerprint
 from .contours import read_dicom_frame
 
 __all__ = [
@@ -391,7 +391,7 @@ def discover_rle_cases(data_directory: str | os.PathLike, *, csv_name: str = "")
 
 
 @dataclass
-class RLESource:
+class RLESource(SourceBase):
     """SIIM-ACR style DICOM + RLE CSV -> 2-D (image, mask) cases with a class label.
 
     Parameters
@@ -404,11 +404,9 @@ class RLESource:
 
     csv_name: str = ""
     image_size: tuple[int, int] | int = DEFAULT_IMAGE_SIZE
-    name: str = "rle"
-    kind: str = "slices"
-    image_dtype: str = "uint8"
-    pad_value: float = 0
-    chunks: tuple[int, int, int] | None = None
+    name: ClassVar[str] = "rle"
+    kind: ClassVar[str] = "slices"
+    image_dtype: str = "uint8"  # pad 0, default chunks: SourceBase's
 
     def __post_init__(self) -> None:
         size = tuple(int(s) for s in np.atleast_1d(self.image_size))
