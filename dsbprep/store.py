@@ -6,7 +6,7 @@ short, a file holds a fixed set of resizable datasets created once:
 ``/images``  (total_z, Y, X)  every case's volume stacked along z (2-D cases are
              one slice thick), padded in y/x with the file's pad value;
 ``/masks``   (total_z, Y, X)  uint8 label masks in the same place;
-``/boxes``   (n_boxes, 8)     float32 boxes, ``BOX_COLUMNS``;
+``/boxes``   (n_boxes, 9)     float32 boxes, ``BOX_COLUMNS``;
 ``/meta``    (n_bytes,)       uint8, the cases' provenance as UTF-8 JSON, back to back;
 ``/index``   (n_rows,)        one compound row per case (``INDEX_DTYPE``).
 
@@ -73,6 +73,7 @@ __all__ = [
     "FORMAT_VERSION",
     "INDEX_DTYPE",
     "BOX_COLUMNS",
+    "empty_boxes",
     "STATUS_OK",
     "STATUS_FAILED",
     "COMPRESSORS",
@@ -93,11 +94,54 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Version of the on-disk layout. Readers refuse files with a larger major version.
-FORMAT_VERSION = "1.0"
-_FORMAT_MAJOR = 1
+#: 2.0: ``/boxes`` gained the column ``diameter_axial_mm`` (format 1.x files are read, see
+#: :func:`_boxes_to_current`; appending to them is refused).
+FORMAT_VERSION = "2.0"
+_FORMAT_MAJOR = 2
 
+# --- box columns (issue 15: label rules; kept as one block so it can be moved as a whole) ---
 #: Column meaning of each row of ``/boxes`` (voxel units are in the stored grid).
-BOX_COLUMNS = ("z", "y", "x", "size_z", "size_y", "size_x", "diameter_mm", "n_readers")
+#: ``diameter_mm``: LUNA16's diameter (volume-equivalent sphere, readers' mean);
+#: ``diameter_axial_mm``: the largest axial diameter of the outlines (readers' mean),
+#: NaN when unknown (a LUNA16 CSV row). See docs/LABELS.md.
+BOX_COLUMNS = (
+    "z", "y", "x", "size_z", "size_y", "size_x", "diameter_mm", "n_readers", "diameter_axial_mm"
+)
+#: Columns of format 1.x files (no ``diameter_axial_mm``; ``diameter_mm`` held the axial one).
+_BOX_COLUMNS_V1 = BOX_COLUMNS[:8]
+
+
+def empty_boxes() -> np.ndarray:
+    """No boxes: a float32 array of shape (0, len(BOX_COLUMNS)).
+
+    Examples
+    --------
+    >>> empty_boxes().shape == (0, len(BOX_COLUMNS))
+    True
+    """
+    return np.zeros((0, len(BOX_COLUMNS)), np.float32)
+
+
+def _boxes_to_current(boxes: np.ndarray) -> np.ndarray:
+    """Boxes read from a file in today's columns: 8-column (format 1.x) rows gain
+    ``diameter_axial_mm`` = their ``diameter_mm``, which in 1.x was the largest axial
+    diameter (``diameter_mm`` keeps it too: 1.x stored no volume-equivalent one)."""
+    boxes = np.asarray(boxes, np.float32)
+    if boxes.ndim == 2 and boxes.shape[1] == len(_BOX_COLUMNS_V1):
+        axial = boxes[:, _BOX_COLUMNS_V1.index("diameter_mm")]
+        boxes = np.column_stack([boxes, axial]).astype(np.float32)
+    return boxes
+
+
+def _check_box_columns(f: h5py.File, path: str) -> None:
+    """Refuse to append to a file whose ``/boxes`` has other columns (format 1.x)."""
+    if f["boxes"].shape[1] != len(BOX_COLUMNS):
+        raise DatasetFormatError(
+            f"{path}: /boxes has {f['boxes'].shape[1]} columns (format "
+            f"{f.attrs.get('format_version')}), this dsbprep writes {len(BOX_COLUMNS)}: "
+            "build into a new file"
+        )
+# --- end box columns ---
 
 STATUS_OK = 0
 STATUS_FAILED = 1
@@ -244,7 +288,7 @@ class CaseData:
     original_spacing: tuple[float, float, float] | None = None
     shape_before_crop: tuple[int, int, int] | None = None
     crop_box: np.ndarray | None = None
-    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, len(BOX_COLUMNS)), np.float32))
+    boxes: np.ndarray = field(default_factory=empty_boxes)
     source_hash: str = ""
     split: str = ""
     label: int = -1
@@ -448,6 +492,7 @@ class DatasetWriter:
             for name in ("images", "masks", "boxes", "meta", "index"):
                 if name not in f:
                     raise DatasetFormatError(f"{self.path}: dataset /{name} is missing")
+            _check_box_columns(f, self.path)  # issue 15: format 1.x files have 8 box columns
             self._trim(f)
             f.swmr_mode = True
         except BaseException:
@@ -747,11 +792,11 @@ class CaseRecord:
 
     @property
     def boxes(self) -> np.ndarray:
-        """Boxes (n, 8) in this case's voxel frame, columns ``BOX_COLUMNS``."""
+        """Boxes (n, 9) in this case's voxel frame, columns ``BOX_COLUMNS``."""
         start, n = int(self.row["boxes_start"]), int(self.row["n_boxes"])
         if n == 0:
-            return np.zeros((0, len(BOX_COLUMNS)), np.float32)
-        return self._ds.file["boxes"][start : start + n]
+            return empty_boxes()
+        return _boxes_to_current(self._ds.file["boxes"][start : start + n])
 
     @property
     def meta(self) -> dict:

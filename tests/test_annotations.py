@@ -248,9 +248,11 @@ def test_outline_pixels_and_holes(tmp_path):
     expected = 330 / 56
     assert n.center == pytest.approx((-50.0, 100.0 + 0.5 * expected, 200.0 + 0.8 * expected))
     assert n.extent_mm == pytest.approx((2.0, 9 * 0.5, 9 * 0.8))
-    assert n.diameter_mm == pytest.approx(
+    assert n.diameter_axial_mm == pytest.approx(
         math.hypot(10 * 0.5, 10 * 0.8)
     )  # outline corner to corner
+    # LUNA16's size: the sphere of the 56 voxels' volume, (6 V / pi) ** (1/3)
+    assert n.diameter_mm == pytest.approx((6 * 56 * 2.0 * 0.5 * 0.8 / math.pi) ** (1 / 3))
     # without the hole the centre is the square's
     path = _xml(tmp_path, [("r1", [_roi(-50.0, outer)])])
     [[n]] = parse_lidc_xml(path, origin=(-50.0, 100.0, 200.0), spacing=(2.0, 0.5, 0.8))
@@ -421,14 +423,15 @@ def test_nodules_to_boxes_geometry(caplog):
     )
     nodules = [
         Nodule((-150.0, -100.0, -50.0), 6.0, n_readers=3),  # no extent: a 6 mm cube
-        Nodule((-170.0, -110.0, -60.0), 10.0, n_readers=1, extent_mm=(4.0, 8.0, 12.0)),
+        Nodule((-170.0, -110.0, -60.0), 10.0, 1, (), (4.0, 8.0, 12.0), diameter_axial_mm=13.0),
         Nodule((-205.0, -100.0, -50.0), 5.0),  # before the crop: dropped with stored_shape
     ]
     boxes = nodules_to_boxes(nodules, to_stored_index=to_index, stored_spacing=(2.0, 1.0, 0.5))
-    assert boxes.dtype == np.float32 and boxes.shape == (3, 8)
-    np.testing.assert_array_equal(boxes[0], [40, 30, 20, 3, 6, 12, 6, 3])
-    np.testing.assert_array_equal(boxes[1], [20, 20, 10, 2, 8, 24, 10, 1])
-    np.testing.assert_array_equal(boxes[2], [-15, 30, 20, 2.5, 5, 10, 5, 1])
+    assert boxes.dtype == np.float32 and boxes.shape == (3, len(BOX_COLUMNS)) == (3, 9)
+    nan = np.nan  # a LUNA16 row has no axial diameter
+    np.testing.assert_array_equal(boxes[0], [40, 30, 20, 3, 6, 12, 6, 3, nan])
+    np.testing.assert_array_equal(boxes[1], [20, 20, 10, 2, 8, 24, 10, 1, 13])
+    np.testing.assert_array_equal(boxes[2], [-15, 30, 20, 2.5, 5, 10, 5, 1, nan])
     with caplog.at_level(logging.WARNING, logger="dsbprep"):
         kept = nodules_to_boxes(
             nodules,

@@ -62,7 +62,7 @@ class LungSource:
     dicom, segmentation, preprocess : dict
         Keyword arguments of the three stage functions (config sections of the same names).
     annotations : dict
-        ``lidc_xml`` (bool), ``min_diameter_mm``, ``min_readers``, ``luna_csv`` (path or "").
+        ``lidc_xml`` (bool), ``min_diameter_mm``, ``label_rule``, ``luna_csv`` (path or "").
     allow_one_lung : bool
         Store a case in which only one lung was found (flagged in its meta) instead of failing it.
     """
@@ -90,6 +90,9 @@ class LungSource:
         prep = config.params("preprocess")
         allow_one = bool(prep.pop("allow_one_lung"))
         ann = config.params("annotations")
+        from ..annotations import label_rule  # issue 15: an unknown label_rule fails the build up front
+
+        label_rule(ann.get("label_rule", "luna16"))
         luna = {}
         if ann.get("luna_csv"):
             from ..annotations import read_luna_csv
@@ -162,6 +165,7 @@ class LungSource:
         """Nodule boxes in the stored frame from the LIDC XML and/or the LUNA16 CSV."""
         from ..annotations import find_lidc_xml, lidc_nodules, nodules_to_boxes
         from ..geometry import world_to_voxel
+        from ..store import empty_boxes  # issue 15 / 12
 
         nodules = []
         if self.annotations.get("lidc_xml", True):
@@ -171,11 +175,11 @@ class LungSource:
                     xml, origin=scan.origin, spacing=scan.spacing, direction=scan.direction,
                     series_uid=scan.series_uid,
                     min_diameter_mm=self.annotations.get("min_diameter_mm", 3.0),
-                    min_readers=int(self.annotations.get("min_readers", 1)),
+                    rule=self.annotations.get("label_rule", "luna16"),  # issue 15: label rule
                 )
         nodules += self.luna.get(scan.series_uid, [])
         if not nodules:
-            return np.zeros((0, 8), np.float32), []
+            return empty_boxes(), []  # issue 15 / 12: one empty-boxes helper
         boxes = nodules_to_boxes(
             nodules,
             to_stored_index=lambda w: world_to_voxel(w, origin, tv.spacing, scan.direction),
