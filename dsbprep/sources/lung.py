@@ -90,7 +90,7 @@ class LungSource:
         prep = config.params("preprocess")
         allow_one = bool(prep.pop("allow_one_lung"))
         ann = config.params("annotations")
-        from ..annotations import label_rule  # issue 15: an unknown label_rule fails the build up front
+        from ..annotations import label_rule  # issue 15: reject an unknown label_rule
 
         label_rule(ann.get("label_rule", "luna16"))
         luna = {}
