@@ -16,7 +16,6 @@ from dsbprep.export import (
     GRT123_NAMES,
     MANIFEST,
     export_grt123,
-    export_nnunet,
     export_npz,
     grt123_label,
     grt123_names,
