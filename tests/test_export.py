@@ -16,11 +16,13 @@ from dsbprep.export import (
     GRT123_NAMES,
     MANIFEST,
     export_grt123,
+    export_nnunet,
     export_npz,
     grt123_label,
     grt123_names,
     main,
 )
+from dsbprep.geometry import voxel_to_world
 from dsbprep.store import BOX_COLUMNS, CaseData, DatasetWriter, empty_boxes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,7 +78,9 @@ def lung_h5(tmp_path):
         _lung_case("p4_test", (24, 32, 40), rng, boxes=[], split="test"),
     ]
     path = tmp_path / "lung.h5"
-    with DatasetWriter(path, image_dtype="uint8", chunks=(16, 32, 32), pad_value=170) as writer:
+    with DatasetWriter(
+        path, image_dtype="uint8", chunks=(16, 32, 32), pad_value=170, attrs={"source": "lung"}
+    ) as writer:
         for case in cases:
             writer.append(case)
     return path, {c.case_id: c for c in cases}
@@ -187,6 +191,95 @@ def test_grt123_diameter_option(lung_h5, tmp_path):
     assert entry["label_rows"] == 2 and _manifest(tmp_path / "ax")["diameter"] == "axial"
     label = np.load(tmp_path / "ax" / f"{entry['name']}_label.npy")
     np.testing.assert_allclose(label[:, 3], [11.0 / 0.98, 5.0 / 0.98], rtol=1e-6)
+
+
+def verify_nnunet(folder, capfd) -> str:
+    """Run nnU-Net v2's own dataset check on ``folder``; its printed report.
+
+    nnunetv2 is in the test extras (installed without its dependencies, see setup.cfg);
+    skipped when absent, failed under CI=true.
+    """
+    try:
+        from nnunetv2.experiment_planning.verify_dataset_integrity import (
+            verify_dataset_integrity,
+        )
+    except ImportError as err:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"nnunetv2 is not installed: {err}")
+        pytest.skip(f"nnunetv2 is not installed: {err}")
+    capfd.readouterr()
+    verify_dataset_integrity(str(folder), num_processes=1)
+    printed = "".join(capfd.readouterr())
+    assert "verify_dataset_integrity Done" in printed
+    assert "Error" not in printed and "Warning" not in printed, printed
+    return printed
+
+
+def test_export_nnunet_synthetic(lung_h5, tmp_path, capfd):
+    import nibabel
+    import SimpleITK as sitk
+
+    h5, cases = lung_h5
+    out = tmp_path / "Dataset500_Lung"
+    files = export_nnunet(h5, out)
+    train = [c for c, case in cases.items() if case.split != "test"]
+    assert sorted(os.listdir(out / "imagesTr")) == sorted(f"{c}_0000.nii.gz" for c in train)
+    assert sorted(os.listdir(out / "labelsTr")) == sorted(f"{c}.nii.gz" for c in train)
+    assert os.listdir(out / "imagesTs") == ["p4_test_0000.nii.gz"]
+    assert len(files) == 2 * len(train) + 1 + 1
+    info = json.loads((out / "dataset.json").read_text())
+    assert info["channel_names"] == {"0": "CT"} and info["file_ending"] == ".nii.gz"
+    assert info["labels"] == {"background": 0, "left_lung": 1, "right_lung": 2}
+    assert info["numTraining"] == len(train) and info["dsbprep"]["test_cases"] == ["p4_test"]
+    for cid in train:
+        case = cases[cid]
+        image = sitk.ReadImage(str(out / "imagesTr" / f"{cid}_0000.nii.gz"))
+        label = sitk.ReadImage(str(out / "labelsTr" / f"{cid}.nii.gz"))
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(image), case.image)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(label), case.mask)
+        for img in (image, label):
+            np.testing.assert_allclose(img.GetSpacing(), case.spacing[::-1])
+            np.testing.assert_allclose(img.GetOrigin(), case.origin[::-1], atol=1e-4)
+        # a voxel goes to the same world point as through the stored geometry (LPS) ...
+        zyx = np.array([3.0, 5.0, 7.0])
+        lps = voxel_to_world(zyx, case.origin, case.spacing, case.direction)
+        np.testing.assert_allclose(image.TransformContinuousIndexToPhysicalPoint(zyx[::-1]), lps[::-1],
+                                   atol=1e-4)
+        # ... and through the NIfTI affine (RAS: x and y negated), as a viewer places it
+        affine = nibabel.load(out / "imagesTr" / f"{cid}_0000.nii.gz").affine
+        ras = affine @ np.r_[zyx[::-1], 1.0]
+        np.testing.assert_allclose(ras[:3], [-lps[2], -lps[1], lps[0]], atol=1e-3)
+    print(verify_nnunet(out, capfd))
+
+
+def test_nnunet_geometry_with_a_rotated_direction():
+    from types import SimpleNamespace
+
+    from dsbprep.export import _sitk_image
+
+    direction = np.array([[0.0, 0, 1], [0, -1, 0], [1, 0, 0]])  # index z runs along world x, ...
+    rec = SimpleNamespace(spacing=(2.0, 0.5, 0.7), origin=(10.0, -20.0, 30.0), direction=direction)
+    image = _sitk_image(np.zeros((3, 4, 5), np.uint8), rec)
+    for zyx in ([0, 0, 0], [2, 3, 4], [1.5, 0.25, 3]):
+        lps = voxel_to_world(np.array(zyx, float), rec.origin, rec.spacing, direction)
+        np.testing.assert_allclose(image.TransformContinuousIndexToPhysicalPoint(zyx[::-1]), lps[::-1])
+
+
+def test_nnunet_refuses_2d_and_names_labels(tmp_path):
+    slices = tmp_path / "slices.h5"
+    with DatasetWriter(slices, kind="slices", chunks=(1, 16, 16)) as writer:
+        writer.append(CaseData("xr_1", np.zeros((20, 20), np.uint8), np.zeros((20, 20), np.uint8)))
+    with pytest.raises(DatasetFormatError, match="the nnunet export needs 3-D"):
+        export_nnunet(slices, tmp_path / "out")
+    vol = tmp_path / "vol.h5"  # a labelled volume file of another source: label_k, z-scored
+    mask = np.zeros((4, 8, 8), np.uint8)
+    mask[1, 2:4, 2:4] = 3
+    with DatasetWriter(vol, image_dtype="int16", chunks=(4, 8, 8), pad_value=0) as writer:
+        writer.append(CaseData("v1", np.ones((4, 8, 8), np.int16), mask))
+    export_nnunet(vol, tmp_path / "vol")
+    info = json.loads((tmp_path / "vol" / "dataset.json").read_text())
+    assert info["labels"] == {"background": 0, "label_1": 1, "label_2": 2, "label_3": 3}
+    assert info["channel_names"] == {"0": "zscore"}
 
 
 def test_export_npz_exact(lung_h5, tmp_path):
