@@ -123,10 +123,12 @@ def empty_boxes() -> np.ndarray:
 
 
 def _boxes_to_current(boxes: np.ndarray) -> np.ndarray:
-    """Boxes read from a file in today's columns: 8-column (format 1.x) rows gain
-    ``diameter_axial_mm`` = their ``diameter_mm``, which in 1.x was the largest axial
-    diameter (``diameter_mm`` keeps it too: 1.x stored no volume-equivalent one)."""
+    """Boxes in today's columns: 8-column (format 1.x) rows, read from an old file or
+    given by a caller, gain ``diameter_axial_mm`` = their ``diameter_mm``, which in 1.x
+    was the largest axial diameter (``diameter_mm`` keeps it too: 1.x had no other)."""
     boxes = np.asarray(boxes, np.float32)
+    if boxes.ndim == 1 and boxes.size == len(_BOX_COLUMNS_V1):  # one row
+        boxes = boxes.reshape(1, -1)
     if boxes.ndim == 2 and boxes.shape[1] == len(_BOX_COLUMNS_V1):
         axial = boxes[:, _BOX_COLUMNS_V1.index("diameter_mm")]
         boxes = np.column_stack([boxes, axial]).astype(np.float32)
@@ -273,8 +275,9 @@ class CaseData:
         Voxel size of ``image`` in mm (z, y, x).
     origin, direction : world (z, y, x) mm of voxel [0, 0, 0] and 3x3 direction cosines
         (column k = world unit vector of index axis k), describing the *stored* grid.
-    boxes : ndarray, shape (n, 8)
-        Boxes in the stored voxel frame, columns ``BOX_COLUMNS``.
+    boxes : ndarray, shape (n, 9)
+        Boxes in the stored voxel frame, columns ``BOX_COLUMNS`` (8 columns, without
+        ``diameter_axial_mm``, are accepted: it is set to ``diameter_mm``).
     meta : dict
         JSON-serialisable provenance (source files, series UID, parameters, ...).
     """
@@ -293,6 +296,9 @@ class CaseData:
     split: str = ""
     label: int = -1
     meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.boxes = _boxes_to_current(self.boxes)  # issue 15: 8-column (1.x) boxes accepted
 
 
 def _hdf5_library() -> ctypes.CDLL:
@@ -636,7 +642,7 @@ class DatasetWriter:
             case = encode_case(case, self.spec)
         elif case.spec != self.spec:
             raise ValueError(f"case {case.case_id!r} was encoded for {case.spec}, but the file is {self.spec}")
-        boxes = np.asarray(case.case.boxes, np.float32).reshape(-1, len(BOX_COLUMNS))
+        boxes = _boxes_to_current(case.case.boxes).reshape(-1, len(BOX_COLUMNS))  # issue 15
         blob = _meta_blob(case.case.meta)
         nbytes = int(_COMPRESSION_SLACK * case.nbytes) + self._meta_nbytes(blob) + boxes.nbytes
         with self._writing(case.case_id, nbytes):

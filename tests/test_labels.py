@@ -13,6 +13,8 @@ import math
 import h5py
 import numpy as np
 import pytest
+from conftest import shared_path
+from test_export import verify_nnunet
 
 from dsbprep.annotations import read_luna_csv
 from dsbprep.build import run_build
@@ -21,9 +23,6 @@ from dsbprep.errors import DatasetFormatError
 from dsbprep.export import MANIFEST, export_grt123, export_nnunet
 from dsbprep.geometry import voxel_to_world
 from dsbprep.store import BOX_COLUMNS, CaseData, DatasetWriter, open_dataset
-
-from conftest import shared_path
-from test_export import verify_nnunet
 
 LIDC_SERIES = "1.3.6.1.4.1.14519.5.2.1.6279.6001.179049373636438705059720603192"
 #: The box of the pre-label-rule build (every nodule, readers' mean largest axial diameter).
