@@ -43,7 +43,7 @@ from skimage.draw import polygon as fill_polygon
 from skimage.draw import polygon_perimeter
 
 from .errors import MaskSourceError
-from .geometry import voxel_to_world, world_to_voxel
+from .geometry import _parts, voxel_to_world, world_to_voxel
 from .store import BOX_COLUMNS, empty_boxes
 
 __all__ = [
@@ -342,16 +342,6 @@ def _read_lidc_root(xml_path: Path, series_uid: str | None) -> ET.Element:
     return root
 
 
-def _scan_geometry(origin, spacing, direction) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``origin``, ``spacing`` (3,) and ``direction`` (3, 3) as float arrays, checked."""
-    origin = np.asarray(origin, float).reshape(3)
-    spacing = np.asarray(spacing, float).reshape(3)
-    direction = np.eye(3) if direction is None else np.asarray(direction, float).reshape(3, 3)
-    if np.any(spacing <= 0):
-        raise ValueError(f"spacing must be positive, got {spacing.tolist()}")
-    return origin, spacing, direction
-
-
 def equivalent_diameter(volume_mm3: float) -> float:
     """Diameter (mm) of the sphere of volume ``volume_mm3``: ``(6 V / pi) ** (1/3)``.
 
@@ -464,7 +454,7 @@ def parse_lidc_xml(
     root = _read_lidc_root(xml_path, series_uid)
     if min_diameter_mm < 0 or not math.isfinite(min_diameter_mm):
         raise ValueError(f"min_diameter_mm must be a finite number >= 0, got {min_diameter_mm}")
-    geometry = _scan_geometry(origin, spacing, direction)
+    geometry = _parts(origin, spacing, direction)  # float arrays, spacing checked
     return [
         _reader_marks(session, r, xml_path, geometry, min_diameter_mm)
         for r, session in enumerate(_children(root, "readingSession"))

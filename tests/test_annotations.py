@@ -12,8 +12,12 @@ import numpy as np
 import pytest
 
 from dsbprep.annotations import (
+    DEFAULT_LABEL_RULE,
+    LABEL_RULES,
     Nodule,
+    equivalent_diameter,
     find_lidc_xml,
+    label_rule,
     lidc_nodules,
     merge_readers,
     nodules_to_boxes,
@@ -296,6 +300,44 @@ def test_malformed_xml(tmp_path):
         parse_lidc_xml(path, origin=(0, 0, 0), spacing=(1, 1, 1))
     with pytest.raises(ValueError, match="min_diameter_mm"):
         parse_lidc_xml(path, origin=(0, 0, 0), spacing=(1, 1, 1), min_diameter_mm=-1)
+
+
+def _rule_xml(tmp_path):
+    """Four readers on 1 x 1 x 1 mm slices: a 9-pixel square nodule A outlined by 3 readers,
+    B (same size, far away) by 2, C by 1, and D (a 3 x 3-pixel outline: axial 4.2 mm, 4 voxels
+    inside, a 1.97 mm sphere) by all 4."""
+    a = _roi(0.0, _square(10, 10, 19, 19)) + _roi(1.0, _square(10, 10, 19, 19))
+    b = _roi(0.0, _square(60, 60, 69, 69)) + _roi(1.0, _square(60, 60, 69, 69))
+    c = _roi(0.0, _square(10, 60, 19, 69)) + _roi(1.0, _square(10, 60, 19, 69))
+    d = _roi(0.0, _square(40, 40, 43, 43))
+    sessions = [("r1", [a, b, c, d]), ("r2", [a, b, d]), ("r3", [a, d]), ("r4", [d])]
+    return _xml(tmp_path, sessions)
+
+
+def test_label_rules(tmp_path):
+    xml = _rule_xml(tmp_path)
+    geometry = {"origin": (0.0, 0.0, 0.0), "spacing": (1.0, 1.0, 1.0)}
+    luna = lidc_nodules(xml, **geometry)  # the default: LUNA16's rule
+    assert DEFAULT_LABEL_RULE == "luna16" and lidc_nodules(xml, **geometry, rule="luna16") == luna
+    (a,) = luna  # >= 3 readers and >= 3 mm (D: 4 readers, but a 1.97 mm sphere)
+    assert a.n_readers == 3 and a.center == pytest.approx((0.5, 14.5, 14.5))
+    assert a.diameter_mm == pytest.approx(equivalent_diameter(8 * 8 * 2))  # 2 slices of 8 x 8
+    assert a.diameter_axial_mm == pytest.approx(math.hypot(9, 9))
+    every = lidc_nodules(xml, **geometry, rule="all")  # D is kept: each reader's axial >= 3 mm
+    assert sorted(n.n_readers for n in every) == [1, 2, 3, 4]
+    assert [n.n_readers for n in lidc_nodules(xml, **geometry, rule="luna16", min_readers=2)] == [3, 2]
+    assert [n.n_readers for n in lidc_nodules(xml, **geometry, min_diameter_mm=1.5)] == [4, 3]
+    with pytest.raises(ValueError, match="unknown label rule 'lidc'"):
+        lidc_nodules(xml, **geometry, rule="lidc")
+    assert set(LABEL_RULES) == {"luna16", "all"} and label_rule("all").min_readers == 1
+
+
+def test_luna16_rule_with_fewer_reading_sessions(tmp_path):
+    # a one-reader truth XML (the synthetic cohort's): LUNA16 has no rule, all its readers count
+    xml = _xml(tmp_path, [("truth", [_roi(0.0, _square(10, 10, 19, 19))])])
+    (n,) = lidc_nodules(xml, origin=(0.0, 0.0, 0.0), spacing=(1.0, 1.0, 1.0))
+    assert n.n_readers == 1
+    assert lidc_nodules(xml, origin=(0.0, 0.0, 0.0), spacing=(1.0, 1.0, 1.0), min_readers=2) == []
 
 
 # --- merging --------------------------------------------------------------------------------
