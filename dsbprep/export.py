@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DatasetFormatError, DsbprepError
-from .store import BOX_COLUMNS, CaseRecord, DsbDataset, open_dataset
+from .store import BOX_COLUMNS, CaseRecord, DsbDataset, as_boxes, open_dataset
 
 __all__ = [
     "FORMATS",
@@ -98,7 +98,8 @@ def grt123_label(
     Parameters
     ----------
     boxes : ndarray (n, 9)
-        Boxes in the stored voxel frame, columns :data:`dsbprep.store.BOX_COLUMNS`.
+        Boxes in the stored voxel frame, columns :data:`dsbprep.store.BOX_COLUMNS`
+        (8-column boxes: see :func:`dsbprep.store.as_boxes`).
     spacing : sequence of 3 float
         Stored voxel size (z, y, x) in mm.
     diameter : {"luna16", "axial"}
@@ -124,7 +125,7 @@ def grt123_label(
     """
     if diameter not in GRT123_DIAMETERS:
         raise ValueError(f"diameter must be one of {GRT123_DIAMETERS}, got {diameter!r}")
-    boxes = np.asarray(boxes, np.float64).reshape(-1, len(BOX_COLUMNS))
+    boxes = as_boxes(boxes).astype(np.float64)
     spacing = np.asarray(spacing, float).reshape(3)
     if len(boxes) == 0:
         return _EMPTY_LABEL.copy()

@@ -74,6 +74,7 @@ __all__ = [
     "INDEX_DTYPE",
     "BOX_COLUMNS",
     "empty_boxes",
+    "as_boxes",
     "STATUS_OK",
     "STATUS_FAILED",
     "COMPRESSORS",
@@ -95,7 +96,7 @@ logger = logging.getLogger(__name__)
 
 #: Version of the on-disk layout. Readers refuse files with a larger major version.
 #: 2.0: ``/boxes`` gained the column ``diameter_axial_mm`` (format 1.x files are read, see
-#: :func:`_boxes_to_current`; appending to them is refused).
+#: :func:`as_boxes`; appending to them is refused).
 FORMAT_VERSION = "2.0"
 _FORMAT_MAJOR = 2
 
@@ -122,17 +123,25 @@ def empty_boxes() -> np.ndarray:
     return np.zeros((0, len(BOX_COLUMNS)), np.float32)
 
 
-def _boxes_to_current(boxes: np.ndarray) -> np.ndarray:
-    """Boxes in today's columns: 8-column (format 1.x) rows, read from an old file or
-    given by a caller, gain ``diameter_axial_mm`` = their ``diameter_mm``, which in 1.x
-    was the largest axial diameter (``diameter_mm`` keeps it too: 1.x had no other)."""
+def as_boxes(boxes: Any) -> np.ndarray:
+    """Boxes as a float32 array (n, len(BOX_COLUMNS)).
+
+    8-column rows (format 1.x files and callers) gain ``diameter_axial_mm`` = their
+    ``diameter_mm``, which in 1.x was the largest axial diameter (``diameter_mm``
+    keeps it too: 1.x had no other).
+
+    Examples
+    --------
+    >>> as_boxes([[1, 2, 3, 4, 4, 4, 6.5, 2]]).tolist()
+    [[1.0, 2.0, 3.0, 4.0, 4.0, 4.0, 6.5, 2.0, 6.5]]
+    """
     boxes = np.asarray(boxes, np.float32)
     if boxes.ndim == 1 and boxes.size == len(_BOX_COLUMNS_V1):  # one row
         boxes = boxes.reshape(1, -1)
     if boxes.ndim == 2 and boxes.shape[1] == len(_BOX_COLUMNS_V1):
         axial = boxes[:, _BOX_COLUMNS_V1.index("diameter_mm")]
         boxes = np.column_stack([boxes, axial]).astype(np.float32)
-    return boxes
+    return boxes.reshape(-1, len(BOX_COLUMNS))
 
 
 def _check_box_columns(f: h5py.File, path: str) -> None:
@@ -298,7 +307,7 @@ class CaseData:
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.boxes = _boxes_to_current(self.boxes)  # issue 15: 8-column (1.x) boxes accepted
+        self.boxes = as_boxes(self.boxes)  # issue 15: 8-column (1.x) boxes accepted
 
 
 def _hdf5_library() -> ctypes.CDLL:
@@ -642,7 +651,7 @@ class DatasetWriter:
             case = encode_case(case, self.spec)
         elif case.spec != self.spec:
             raise ValueError(f"case {case.case_id!r} was encoded for {case.spec}, but the file is {self.spec}")
-        boxes = _boxes_to_current(case.case.boxes).reshape(-1, len(BOX_COLUMNS))  # issue 15
+        boxes = as_boxes(case.case.boxes)  # issue 15
         blob = _meta_blob(case.case.meta)
         nbytes = int(_COMPRESSION_SLACK * case.nbytes) + self._meta_nbytes(blob) + boxes.nbytes
         with self._writing(case.case_id, nbytes):
@@ -802,7 +811,7 @@ class CaseRecord:
         start, n = int(self.row["boxes_start"]), int(self.row["n_boxes"])
         if n == 0:
             return empty_boxes()
-        return _boxes_to_current(self._ds.file["boxes"][start : start + n])
+        return as_boxes(self._ds.file["boxes"][start : start + n])
 
     @property
     def meta(self) -> dict:
