@@ -86,7 +86,10 @@ _SPLITS = ("train", "val", "test")
 MANIFEST = "dsbprep_export.json"
 #: Column positions in BOX_COLUMNS.
 _CENTER = slice(0, 3)
-_DIAMETER = {"luna16": BOX_COLUMNS.index("diameter_mm"), "axial": BOX_COLUMNS.index("diameter_axial_mm")}
+_DIAMETER = {
+    "luna16": BOX_COLUMNS.index("diameter_mm"),
+    "axial": BOX_COLUMNS.index("diameter_axial_mm"),
+}
 _SIZE_YX = slice(BOX_COLUMNS.index("size_y"), BOX_COLUMNS.index("size_x") + 1)
 
 
@@ -299,7 +302,9 @@ def _split_lists(records: list[CaseRecord], names: dict[str, str]) -> dict[str, 
     return out
 
 
-def _write_grt123_case(outdir: Path, name: str, rec: CaseRecord, diameter: str) -> tuple[list[Path], int]:
+def _write_grt123_case(
+    outdir: Path, name: str, rec: CaseRecord, diameter: str
+) -> tuple[list[Path], int]:
     clean = rec.image[np.newaxis]
     label = grt123_label(rec.boxes, rec.spacing, diameter=diameter)
     files = [
@@ -494,7 +499,9 @@ def export_nnunet(
     written: list[Path] = []
     with open_dataset(dataset_path) as ds:
         if ds.kind != "volume":
-            raise DatasetFormatError(f"{ds.path}: holds 2-D {ds.kind!r} cases; the nnunet export needs 3-D")
+            raise DatasetFormatError(
+                f"{ds.path}: holds 2-D {ds.kind!r} cases; the nnunet export needs 3-D"
+            )
         records = _select(ds, cases, split)
         labels = _nnunet_labels(ds, records)
         for sub in ("imagesTr", "labelsTr", "imagesTs"):
@@ -503,10 +510,12 @@ def export_nnunet(
         for rec in records:
             name = _safe_name(rec.case_id, ds.path)
             folder = "imagesTs" if rec.split == "test" else "imagesTr"
-            written.append(_write_nifti(outdir / folder / f"{name}{_CHANNEL}{NNUNET_FILE_ENDING}", rec.image, rec))
+            image = outdir / folder / f"{name}{_CHANNEL}{NNUNET_FILE_ENDING}"
+            written.append(_write_nifti(image, rec.image, rec))
             if folder == "imagesTr":
                 n_training += 1
-                written.append(_write_nifti(outdir / "labelsTr" / f"{name}{NNUNET_FILE_ENDING}", rec.mask, rec))
+                label = outdir / "labelsTr" / f"{name}{NNUNET_FILE_ENDING}"
+                written.append(_write_nifti(label, rec.mask, rec))
         channel = channel_name or ("CT" if labels == _LUNG_LABELS else "zscore")
         written.append(_write_json(outdir / "dataset.json",
                                    _nnunet_dataset_json(ds, records, labels, channel, n_training)))
