@@ -25,6 +25,8 @@ $(VENV)/.installed: setup.cfg pyproject.toml | $(PY)
 
 $(VENV)/.installed-test: setup.cfg pyproject.toml $(VENV)/.installed
 	$(PIP) install -q -e '.[test,dask]' '$(TORCH_PIN)' 'keras>=3'
+	# nnU-Net v2's dataset check only: --no-deps keeps the pinned CPU torch (see setup.cfg)
+	$(PIP) install -q --no-deps 'nnunetv2==2.8.1' 'batchgenerators==0.25.5' 'acvl_utils==0.2.6'
 	touch $@
 
 install: $(VENV)/.installed

@@ -7,7 +7,9 @@ Two sources of nodules:
   every slice it appears on. :func:`parse_lidc_xml` turns each reader's outlines
   into one :class:`Nodule` per nodule, :func:`merge_readers` groups the marks of
   different readers that describe the same nodule, and :func:`lidc_nodules` does
-  both and keeps the nodules enough readers agree on (LUNA16: >= 3 of 4).
+  both and keeps the nodules a label rule (:data:`LABEL_RULES`) accepts: ``luna16``,
+  LUNA16's reference standard (>= 3 of 4 readers, >= 3 mm), or ``all``.
+  docs/LABELS.md describes both rules and their sources.
 - LUNA16's ``annotations.csv`` (``seriesuid, coordX, coordY, coordZ, diameter_mm``),
   read by :func:`read_luna_csv`.
 
@@ -21,7 +23,7 @@ Examples
 >>> nodules = [Nodule(center=(-100.0, 20.0, 30.0), diameter_mm=8.0, n_readers=3)]
 >>> to_index = world_to_stored_mapper(origin=(-110.0, 0.0, 0.0), spacing=(2.0, 1.0, 1.0))
 >>> nodules_to_boxes(nodules, to_stored_index=to_index, stored_spacing=(2.0, 1.0, 1.0)).tolist()
-[[5.0, 20.0, 30.0, 4.0, 8.0, 8.0, 8.0, 3.0]]
+[[5.0, 20.0, 30.0, 4.0, 8.0, 8.0, 8.0, 3.0, nan]]
 """
 
 from __future__ import annotations
@@ -41,14 +43,19 @@ from skimage.draw import polygon as fill_polygon
 from skimage.draw import polygon_perimeter
 
 from .errors import MaskSourceError
-from .geometry import voxel_to_world, world_to_voxel
-from .store import BOX_COLUMNS
+from .geometry import _parts, voxel_to_world, world_to_voxel
+from .store import BOX_COLUMNS, empty_boxes
 
 __all__ = [
+    "DEFAULT_LABEL_RULE",
     "DEFAULT_MIN_DIAMETER_MM",
+    "LABEL_RULES",
     "LIDC_NAMESPACE",
     "MERGE_RULES",
+    "LabelRule",
     "Nodule",
+    "equivalent_diameter",
+    "label_rule",
     "find_lidc_xml",
     "parse_lidc_xml",
     "write_lidc_xml",
@@ -87,8 +94,8 @@ class Nodule:
     center : tuple of 3 float
         World (z, y, x) mm (LPS patient frame written as S, P, L).
     diameter_mm : float
-        Equivalent diameter in mm (LIDC: the largest in-plane diameter of the outlines;
-        LUNA16: the ``diameter_mm`` column).
+        LUNA16's size, in mm: the diameter of the sphere with the outlined volume
+        (LIDC marks), averaged over readers when merged; a LUNA16 row's ``diameter_mm``.
     n_readers : int
         Radiologists who marked it (LIDC); 1 for a LUNA16 row.
     reader_ids : tuple of str
@@ -96,6 +103,9 @@ class Nodule:
     extent_mm : tuple of 3 float or None
         (z, y, x) size in mm of the outlined voxels' bounding box along the scan's
         index axes (voxel-inclusive), when outlines are known.
+    diameter_axial_mm : float
+        The largest axial diameter of the outlines in mm (pylidc's
+        ``Annotation.diameter``), averaged over readers; NaN when unknown.
     """
 
     center: tuple[float, float, float]
@@ -103,6 +113,7 @@ class Nodule:
     n_readers: int = 1
     reader_ids: tuple[str, ...] = ()
     extent_mm: tuple[float, float, float] | None = None
+    diameter_axial_mm: float = math.nan
 
 
 # --- LIDC XML --------------------------------------------------------------------------------
@@ -313,6 +324,67 @@ def _nodule_voxels(
     return np.concatenate(voxels).astype(float), diameter
 
 
+def _read_lidc_root(xml_path: Path, series_uid: str | None) -> ET.Element:
+    """The root of an LIDC reader XML, checked to be one and to annotate ``series_uid``."""
+    try:
+        root = ET.parse(xml_path).getroot()
+    except (OSError, ET.ParseError) as err:
+        raise MaskSourceError(f"{xml_path}: cannot read the LIDC reader XML: {err}") from err
+    if _local(root.tag) != _LIDC_ROOT:
+        raise MaskSourceError(
+            f"{xml_path}: root element is {_local(root.tag)!r}, not {_LIDC_ROOT!r}"
+        )
+    xml_series = _header_series_uid(root)
+    if series_uid is not None and xml_series is not None and xml_series != series_uid:
+        raise MaskSourceError(
+            f"{xml_path}: annotates series {xml_series}, not the scan's series {series_uid}"
+        )
+    return root
+
+
+def equivalent_diameter(volume_mm3: float) -> float:
+    """Diameter (mm) of the sphere of volume ``volume_mm3``: ``(6 V / pi) ** (1/3)``.
+
+    Examples
+    --------
+    >>> round(equivalent_diameter(4 / 3 * math.pi * 5.0**3), 6)
+    10.0
+    """
+    return float((6.0 * float(volume_mm3) / math.pi) ** (1.0 / 3.0))
+
+
+def _reader_marks(session, r, xml_path, geometry, min_diameter_mm) -> list[Nodule]:
+    """One reader's (``readingSession``'s) outlined nodules as :class:`Nodule` marks."""
+    origin, spacing, direction = geometry
+    reader_id = _text(session, "servicingRadiologistID") or f"reader{r}"
+    marks: list[Nodule] = []
+    for nodule in _children(session, "unblindedReadNodule"):
+        nodule_id = _text(nodule, "noduleID") or "?"
+        rois = _children(nodule, "roi")
+        if sum(len(_children(roi, "edgeMap")) for roi in rois) <= 1:
+            continue  # a single point: a nodule < 3 mm, no outline
+        voxels, axial = _nodule_voxels(rois, xml_path, nodule_id, origin, spacing, direction)
+        if axial < min_diameter_mm:
+            logger.debug(
+                "%s: reader %s nodule %r: %.1f mm < %.1f mm, dropped",
+                xml_path, reader_id, nodule_id, axial, min_diameter_mm,
+            )
+            continue
+        center = voxel_to_world(voxels.mean(axis=0), origin, spacing, direction)
+        extent = (voxels.max(axis=0) - voxels.min(axis=0) + 1) * spacing
+        marks.append(
+            Nodule(
+                center=tuple(float(c) for c in center),
+                diameter_mm=equivalent_diameter(len(voxels) * float(np.prod(spacing))),
+                n_readers=1,
+                reader_ids=(reader_id,),
+                extent_mm=tuple(float(e) for e in extent),
+                diameter_axial_mm=axial,
+            )
+        )
+    return marks
+
+
 def parse_lidc_xml(
     xml_path: str | os.PathLike,
     *,
@@ -325,17 +397,15 @@ def parse_lidc_xml(
     """Each reader's outlined nodules from an LIDC ``LidcReadMessage`` XML.
 
     For every ``readingSession`` (one radiologist) and every ``unblindedReadNodule``
-    with outlines, the nodule's voxels are the filled inclusion outlines
-    (``inclusion`` TRUE) minus the holes (``inclusion`` FALSE), each outline put on
-    the scan slice nearest its ``imageZposition``. Then
-
-    - ``center`` is the world (z, y, x) centroid of those voxels;
-    - ``diameter_mm`` is the largest in-plane distance between two outline points
-      of one slice (the largest axial diameter, as pylidc and LUNA16 measure it);
-    - ``extent_mm`` is the voxels' bounding box size along the scan axes.
-
-    Nodules marked with a single point (LIDC's protocol for nodules < 3 mm) carry no
-    size and are never returned, nor are ``nonNodule`` marks.
+    with outlines, the nodule's voxels are the filled inclusion outlines minus the
+    outline pixels and the holes (``inclusion`` FALSE), each outline put on the scan
+    slice nearest its ``imageZposition``. Then ``center`` is the world (z, y, x)
+    centroid of those voxels, ``diameter_mm`` the diameter of the sphere of their
+    volume (:func:`equivalent_diameter`, LUNA16's size), ``diameter_axial_mm`` the
+    largest distance between two outline points of one slice (pylidc's
+    ``Annotation.diameter``), ``extent_mm`` the voxels' bounding box size along the
+    scan axes. Single-point marks (LIDC: nodules < 3 mm) and ``nonNodule`` marks
+    are never returned.
 
     Parameters
     ----------
@@ -350,7 +420,7 @@ def parse_lidc_xml(
     series_uid : str, optional
         The scan's SeriesInstanceUID; the XML's ``ResponseHeader`` must name the same.
     min_diameter_mm : float
-        Marks with a smaller ``diameter_mm`` are dropped (LIDC / LUNA16: 3 mm).
+        Marks whose ``diameter_axial_mm`` is smaller are dropped (0 keeps all).
 
     Returns
     -------
@@ -377,64 +447,18 @@ def parse_lidc_xml(
     ...               for x, y in [(10, 20), (16, 20), (16, 26), (10, 26)])
     ...     + '</roi></unblindedReadNodule></readingSession></LidcReadMessage>')
     >>> [[n]] = parse_lidc_xml(xml, origin=(-100.0, 0.0, 0.0), spacing=(2.5, 1.0, 1.0))
-    >>> n.center, round(n.diameter_mm, 2), n.extent_mm
-    ((-95.0, 23.0, 13.0), 8.49, (2.5, 5.0, 5.0))
+    >>> n.center, round(n.diameter_axial_mm, 2), n.extent_mm, round(n.diameter_mm, 2)
+    ((-95.0, 23.0, 13.0), 8.49, (2.5, 5.0, 5.0), 4.92)
     """
     xml_path = Path(xml_path)
-    try:
-        root = ET.parse(xml_path).getroot()
-    except (OSError, ET.ParseError) as err:
-        raise MaskSourceError(f"{xml_path}: cannot read the LIDC reader XML: {err}") from err
-    if _local(root.tag) != _LIDC_ROOT:
-        raise MaskSourceError(
-            f"{xml_path}: root element is {_local(root.tag)!r}, not {_LIDC_ROOT!r}"
-        )
-    xml_series = _header_series_uid(root)
-    if series_uid is not None and xml_series is not None and xml_series != series_uid:
-        raise MaskSourceError(
-            f"{xml_path}: annotates series {xml_series}, not the scan's series {series_uid}"
-        )
+    root = _read_lidc_root(xml_path, series_uid)
     if min_diameter_mm < 0 or not math.isfinite(min_diameter_mm):
         raise ValueError(f"min_diameter_mm must be a finite number >= 0, got {min_diameter_mm}")
-    origin = np.asarray(origin, float).reshape(3)
-    spacing = np.asarray(spacing, float).reshape(3)
-    direction = np.eye(3) if direction is None else np.asarray(direction, float).reshape(3, 3)
-    if np.any(spacing <= 0):
-        raise ValueError(f"spacing must be positive, got {spacing.tolist()}")
-
-    readers: list[list[Nodule]] = []
-    for r, session in enumerate(_children(root, "readingSession")):
-        reader_id = _text(session, "servicingRadiologistID") or f"reader{r}"
-        marks: list[Nodule] = []
-        for nodule in _children(session, "unblindedReadNodule"):
-            nodule_id = _text(nodule, "noduleID") or "?"
-            rois = _children(nodule, "roi")
-            if sum(len(_children(roi, "edgeMap")) for roi in rois) <= 1:
-                continue  # a single point: a nodule < 3 mm, no outline
-            voxels, diameter = _nodule_voxels(rois, xml_path, nodule_id, origin, spacing, direction)
-            if diameter < min_diameter_mm:
-                logger.debug(
-                    "%s: reader %s nodule %r: %.1f mm < %.1f mm, dropped",
-                    xml_path,
-                    reader_id,
-                    nodule_id,
-                    diameter,
-                    min_diameter_mm,
-                )
-                continue
-            center = voxel_to_world(voxels.mean(axis=0), origin, spacing, direction)
-            extent = (voxels.max(axis=0) - voxels.min(axis=0) + 1) * spacing
-            marks.append(
-                Nodule(
-                    center=tuple(float(c) for c in center),
-                    diameter_mm=diameter,
-                    n_readers=1,
-                    reader_ids=(reader_id,),
-                    extent_mm=tuple(float(e) for e in extent),
-                )
-            )
-        readers.append(marks)
-    return readers
+    geometry = _parts(origin, spacing, direction)  # float arrays, spacing checked
+    return [
+        _reader_marks(session, r, xml_path, geometry, min_diameter_mm)
+        for r, session in enumerate(_children(root, "readingSession"))
+    ]
 
 
 def write_lidc_xml(
@@ -470,7 +494,7 @@ def write_lidc_xml(
     >>> square = np.array([(20, 10), (20, 16), (26, 16), (26, 10)])
     >>> xml = write_lidc_xml(Path(tempfile.mkdtemp()) / "r.xml", [[[(-95.0, square)]]])
     >>> [[n]] = parse_lidc_xml(xml, origin=(-100.0, 0.0, 0.0), spacing=(2.5, 1.0, 1.0))
-    >>> n.center, round(n.diameter_mm, 2)
+    >>> n.center, round(n.diameter_axial_mm, 2)
     ((-95.0, 23.0, 13.0), 8.49)
     """
     def sub(parent: ET.Element, tag: str, text: object | None = None) -> ET.Element:
@@ -506,9 +530,16 @@ def write_lidc_xml(
 # --- merging readers -------------------------------------------------------------------------
 
 
+def _merge_radius(n: Nodule) -> float:
+    """Radius a mark has when deciding whether two marks are one nodule: half its
+    largest axial diameter (the reader's own outline), else half ``diameter_mm``."""
+    d = n.diameter_axial_mm
+    return (d if math.isfinite(d) else n.diameter_mm) / 2
+
+
 def _same_nodule(a: Nodule, b: Nodule, rule: str) -> bool:
     distance = math.dist(a.center, b.center)
-    ra, rb = a.diameter_mm / 2, b.diameter_mm / 2
+    ra, rb = _merge_radius(a), _merge_radius(b)
     limit = max(ra, rb) if rule == "larger-radius" else ra + rb
     return distance < limit
 
@@ -525,6 +556,17 @@ def _mean_nodule(members: list[Nodule]) -> Nodule:
         n_readers=int(sum(m.n_readers for m in members)),
         reader_ids=tuple(rid for m in members for rid in m.reader_ids),
         extent_mm=extent,
+        diameter_axial_mm=float(np.mean([m.diameter_axial_mm for m in members])),
+    )
+
+
+def _candidate_pairs(items: list[tuple[int, Nodule]], rule: str) -> list[tuple[float, int, int]]:
+    """Pairs (distance, i, j) of marks of different readers that the rule joins, nearest first."""
+    return sorted(
+        (math.dist(items[i][1].center, items[j][1].center), i, j)
+        for i in range(len(items))
+        for j in range(i + 1, len(items))
+        if items[i][0] != items[j][0] and _same_nodule(items[i][1], items[j][1], rule)
     )
 
 
@@ -535,15 +577,16 @@ def merge_readers(
 
     Rule (``"larger-radius"``, the default): two marks of *different* readers are
     the same nodule when their centres are closer than the larger of their two
-    radii (``diameter_mm / 2``), i.e. each centre lies inside the other's sphere or
-    the bigger sphere holds the smaller's centre. ``"sum-of-radii"`` is looser: the
-    two spheres overlap. Marks are grouped by complete linkage: pairs are taken in
-    order of increasing distance, and two groups join only when every cross pair
-    satisfies the rule and no reader would appear twice in the group. Hence a
-    reader never contributes two marks to one nodule, and (barring exact distance
-    ties, broken by reader order) the grouping does not depend on the readers' order.
+    radii, i.e. the bigger sphere holds the smaller's centre. ``"sum-of-radii"`` is
+    looser: the two spheres overlap (LUNA16's rule). A mark's radius is half its
+    ``diameter_axial_mm`` (half ``diameter_mm`` when that is unknown). Marks are
+    grouped by complete linkage: pairs are taken in order of increasing distance,
+    and two groups join only when every cross pair satisfies the rule and no reader
+    would appear twice in the group. Hence a reader never contributes two marks to
+    one nodule, and (barring exact distance ties, broken by reader order) the
+    grouping does not depend on the readers' order.
 
-    A group becomes one nodule: centre, diameter and extent = the mean of its
+    A group becomes one nodule: centre, both diameters and extent = the mean of its
     marks', ``n_readers`` = the sum of theirs (the number of readers for
     :func:`parse_lidc_xml` marks), ``reader_ids`` = theirs, in reader order.
 
@@ -572,13 +615,7 @@ def merge_readers(
     items = [(r, n) for r, reader in enumerate(marks) for n in reader]
     group_of = list(range(len(items)))  # item -> group id
     groups: dict[int, list[int]] = {i: [i] for i in range(len(items))}
-    pairs = sorted(
-        (math.dist(items[i][1].center, items[j][1].center), i, j)
-        for i in range(len(items))
-        for j in range(i + 1, len(items))
-        if items[i][0] != items[j][0] and _same_nodule(items[i][1], items[j][1], rule)
-    )
-    for _distance, i, j in pairs:
+    for _distance, i, j in _candidate_pairs(items, rule):
         gi, gj = group_of[i], group_of[j]
         if gi == gj:
             continue
@@ -596,6 +633,59 @@ def merge_readers(
     return sorted(merged, key=lambda n: (-n.n_readers, n.center))
 
 
+# --- label rules -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LabelRule:
+    """Which merged LIDC nodules become labels, and how readers' marks are merged.
+
+    Attributes
+    ----------
+    name : str
+        ``[annotations] label_rule`` value.
+    min_readers : int
+        Least number of readers who outlined the nodule (capped at the number of
+        reading sessions in the XML, so a one-reader truth XML keeps its nodules).
+    merge : str
+        :func:`merge_readers` rule.
+    size_after_merge : bool
+        True: ``min_diameter_mm`` applies to the merged ``diameter_mm`` (LUNA16);
+        False: to each reader's ``diameter_axial_mm`` before merging.
+    """
+
+    name: str
+    min_readers: int
+    merge: str
+    size_after_merge: bool
+
+
+#: ``[annotations] label_rule`` values (docs/LABELS.md). ``luna16``: LUNA16's reference
+#: standard (nodules >= 3 mm outlined by >= 3 of the 4 LIDC readers, marks merged when
+#: closer than the sum of their radii, centre and diameter averaged); ``all``: every
+#: outlined nodule >= 3 mm (axial) of any reader, as dsbprep built before.
+LABEL_RULES = {
+    "luna16": LabelRule("luna16", min_readers=3, merge="sum-of-radii", size_after_merge=True),
+    "all": LabelRule("all", min_readers=1, merge="larger-radius", size_after_merge=False),
+}
+#: The default: LUNA16's labels are what lung-nodule detectors are trained and scored on.
+DEFAULT_LABEL_RULE = "luna16"
+
+
+def label_rule(name: str) -> LabelRule:
+    """The :class:`LabelRule` called ``name``.
+
+    Examples
+    --------
+    >>> label_rule("luna16").min_readers
+    3
+    """
+    try:
+        return LABEL_RULES[name]
+    except KeyError:
+        raise ValueError(f"unknown label rule {name!r}; expected one of {tuple(LABEL_RULES)}") from None
+
+
 def lidc_nodules(
     xml_path: str | os.PathLike,
     *,
@@ -604,23 +694,26 @@ def lidc_nodules(
     direction: np.ndarray | None = None,
     series_uid: str | None = None,
     min_diameter_mm: float = DEFAULT_MIN_DIAMETER_MM,
-    min_readers: int = 1,
-    rule: str = "larger-radius",
+    rule: str = DEFAULT_LABEL_RULE,
+    min_readers: int | None = None,
 ) -> list[Nodule]:
-    """The consensus nodules of an LIDC reader XML.
+    """The nodules of an LIDC reader XML under a label rule (:data:`LABEL_RULES`).
 
-    :func:`parse_lidc_xml`, then :func:`merge_readers`, then only the nodules marked
-    by at least ``min_readers`` readers (LUNA16 kept nodules >= 3 mm marked by >= 3
-    of the 4 readers: ``min_readers=3``).
+    :func:`parse_lidc_xml`, :func:`merge_readers` with the rule's merge, then only
+    the nodules outlined by at least ``min_readers`` readers and at least
+    ``min_diameter_mm`` large (``luna16``: the merged ``diameter_mm``; ``all``: each
+    reader's ``diameter_axial_mm``).
 
     Parameters
     ----------
-    xml_path, origin, spacing, direction, series_uid, min_diameter_mm
+    xml_path, origin, spacing, direction, series_uid
         See :func:`parse_lidc_xml`.
-    min_readers : int
-        Least number of readers who marked a nodule.
-    rule : str
-        See :func:`merge_readers`.
+    min_diameter_mm : float
+        Size limit (LIDC / LUNA16: 3 mm).
+    rule : {"luna16", "all"}
+        The label rule.
+    min_readers : int, optional
+        Overrides the rule's number of readers.
 
     Returns
     -------
@@ -640,7 +733,8 @@ def lidc_nodules(
     >>> lidc_nodules(xml, origin=(0, 0, 0), spacing=(1, 1, 1))
     []
     """
-    if int(min_readers) < 1:
+    spec = label_rule(rule)
+    if min_readers is not None and int(min_readers) < 1:
         raise ValueError(f"min_readers must be >= 1, got {min_readers}")
     marks = parse_lidc_xml(
         xml_path,
@@ -648,9 +742,16 @@ def lidc_nodules(
         spacing=spacing,
         direction=direction,
         series_uid=series_uid,
-        min_diameter_mm=min_diameter_mm,
+        min_diameter_mm=0.0 if spec.size_after_merge else min_diameter_mm,
     )
-    return [n for n in merge_readers(marks, rule=rule) if n.n_readers >= min_readers]
+    need = spec.min_readers if min_readers is None else int(min_readers)
+    if min_readers is None and 0 < len(marks) < need:
+        logger.info("%s: %d reading session(s): rule %s needs all of them", xml_path, len(marks), rule)
+        need = len(marks)
+    kept = [n for n in merge_readers(marks, rule=spec.merge) if n.n_readers >= need]
+    if spec.size_after_merge:
+        kept = [n for n in kept if n.diameter_mm >= min_diameter_mm]
+    return kept
 
 
 # --- LUNA16 CSV ------------------------------------------------------------------------------
@@ -773,12 +874,12 @@ def nodules_to_boxes(
     stored_spacing: Sequence[float],
     stored_shape: Sequence[int] | None = None,
 ) -> np.ndarray:
-    """Boxes (n, 8) in the stored voxel frame, columns :data:`dsbprep.store.BOX_COLUMNS`.
+    """Boxes (n, 9) in the stored voxel frame, columns :data:`dsbprep.store.BOX_COLUMNS`.
 
     ``z, y, x`` = the nodule centre mapped by ``to_stored_index``; ``size_*`` =
     ``extent_mm / stored_spacing`` when the extent is known, else ``diameter_mm /
-    stored_spacing`` (a cube around the sphere); ``diameter_mm`` and ``n_readers``
-    are copied.
+    stored_spacing`` (a cube around the sphere); ``diameter_mm``, ``n_readers`` and
+    ``diameter_axial_mm`` are copied.
 
     Parameters
     ----------
@@ -794,7 +895,7 @@ def nodules_to_boxes(
 
     Returns
     -------
-    ndarray, float32, shape (n, 8)
+    ndarray, float32, shape (n, 9)
 
     Raises
     ------
@@ -804,9 +905,10 @@ def nodules_to_boxes(
 
     Examples
     --------
-    >>> n = Nodule((10.0, 20.0, 30.0), 6.0, n_readers=2, extent_mm=(5.0, 6.0, 7.0))
+    >>> n = Nodule((10.0, 20.0, 30.0), 6.0, n_readers=2, extent_mm=(5.0, 6.0, 7.0),
+    ...            diameter_axial_mm=7.5)
     >>> nodules_to_boxes([n], to_stored_index=lambda w: w / 2, stored_spacing=(2.0, 2.0, 2.0)).tolist()
-    [[5.0, 10.0, 15.0, 2.5, 3.0, 3.5, 6.0, 2.0]]
+    [[5.0, 10.0, 15.0, 2.5, 3.0, 3.5, 6.0, 2.0, 7.5]]
     """
     spacing = np.asarray(stored_spacing, float).reshape(-1)
     if spacing.shape != (3,) or np.any(spacing <= 0) or not np.all(np.isfinite(spacing)):
@@ -815,7 +917,7 @@ def nodules_to_boxes(
         )
     nodules = list(nodules)
     if not nodules:
-        return np.zeros((0, len(BOX_COLUMNS)), np.float32)
+        return empty_boxes()
     centers = np.array([n.center for n in nodules], float)
     index = np.asarray(to_stored_index(centers), float)
     if index.shape != centers.shape:
@@ -825,25 +927,28 @@ def nodules_to_boxes(
     sizes_mm = np.array(
         [n.extent_mm if n.extent_mm is not None else (n.diameter_mm,) * 3 for n in nodules]
     )
-    boxes = np.column_stack(
-        [
-            index,
-            sizes_mm / spacing,
-            [n.diameter_mm for n in nodules],
-            [n.n_readers for n in nodules],
-        ]
-    )
+    columns = {
+        **dict(zip(("z", "y", "x"), index.T, strict=True)),
+        **dict(zip(("size_z", "size_y", "size_x"), (sizes_mm / spacing).T, strict=True)),
+        "diameter_mm": [n.diameter_mm for n in nodules],
+        "n_readers": [n.n_readers for n in nodules],
+        "diameter_axial_mm": [n.diameter_axial_mm for n in nodules],
+    }
+    boxes = np.column_stack([columns[c] for c in BOX_COLUMNS])
     if stored_shape is not None:
-        shape = np.asarray(stored_shape, float).reshape(3)
-        inside = np.all((index >= -0.5) & (index < shape - 0.5), axis=1)
-        for n, idx, ok in zip(nodules, index, inside, strict=True):
-            if ok:
-                continue
-            logger.warning(
-                "nodule at world %s maps to stored index %s, outside the stored volume %s: dropped",
-                n.center,
-                np.round(idx, 1).tolist(),
-                tuple(int(v) for v in shape),
-            )
-        boxes = boxes[inside]
+        boxes = boxes[_inside_or_warn(nodules, index, stored_shape)]
     return boxes.astype(np.float32)
+
+
+def _inside_or_warn(nodules: list[Nodule], index: np.ndarray, stored_shape) -> np.ndarray:
+    """Which centres lie in the stored volume (within half a voxel); warns about the others."""
+    shape = np.asarray(stored_shape, float).reshape(3)
+    inside = np.all((index >= -0.5) & (index < shape - 0.5), axis=1)
+    for n, idx in ((n, i) for n, i, ok in zip(nodules, index, inside, strict=True) if not ok):
+        logger.warning(
+            "nodule at world %s maps to stored index %s, outside the stored volume %s: dropped",
+            n.center,
+            np.round(idx, 1).tolist(),
+            tuple(int(v) for v in shape),
+        )
+    return inside

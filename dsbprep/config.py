@@ -85,7 +85,7 @@ DEFAULTS: dict[str, dict[str, str]] = {
         "lidc_xml": "true",
         "luna_csv": "",
         "min_diameter_mm": "3.0",
-        "min_readers": "1",
+        "label_rule": "luna16",
     },
     "splits": {
         "assign": "true",

@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from .store import as_boxes, empty_boxes  # issue 15: boxes have 9 columns (1.x: 8)
+
 __all__ = [
     "BOX_COLOUR",
     "LABEL_COLOURS",
@@ -263,7 +265,7 @@ def _boxes_in_view(ax: Any, boxes: np.ndarray, axis: int, index: int) -> int:
 
     _, (row, col), _ = VIEWS[axis]
     drawn = 0
-    for box in np.asarray(boxes, float).reshape(-1, 8):
+    for box in as_boxes(boxes).astype(float):
         centre, size = box[:3], np.maximum(box[3:6], 1.0)
         if abs(index - centre[axis]) > size[axis] / 2:
             continue
@@ -420,7 +422,7 @@ def _case_arrays(case: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return (
         np.asarray(case.image),
         np.asarray(case.mask),
-        np.asarray(case.boxes, float).reshape(-1, 8),
+        as_boxes(case.boxes).astype(float),
     )
 
 
@@ -465,7 +467,7 @@ def montage_slices(mask: np.ndarray, boxes: np.ndarray | None = None, n: int = 1
     z0, z1 = (int(zs[0]), int(zs[-1])) if zs.size else (0, nz - 1)
     picks = [int(round(z0 + (z1 - z0) * (k + 0.5) / n)) for k in range(n)]
     if boxes is not None:
-        for box in np.asarray(boxes, float).reshape(-1, 8)[: n // 2]:
+        for box in as_boxes(boxes).astype(float)[: n // 2]:
             z = int(np.clip(round(box[0]), 0, nz - 1))
             if z in picks:
                 continue
@@ -478,7 +480,7 @@ def montage_slices(mask: np.ndarray, boxes: np.ndarray | None = None, n: int = 1
 
 
 def _is_box_slice(z: int, boxes: np.ndarray) -> bool:
-    boxes = np.asarray(boxes, float).reshape(-1, 8)
+    boxes = as_boxes(boxes).astype(float)
     return bool(np.any(np.abs(z - boxes[:, 0]) <= np.maximum(boxes[:, 3], 1) / 2))
 
 
@@ -705,7 +707,7 @@ def save_patches_figure(samples: Sequence[Any], path: str | os.PathLike, *, dpi:
     labels: set[int] = set()
     for col, s in enumerate(samples):
         image, mask = np.asarray(s.image), np.asarray(s.mask)
-        boxes = np.asarray(getattr(s, "boxes", np.zeros((0, 8))), float).reshape(-1, 8)
+        boxes = as_boxes(getattr(s, "boxes", empty_boxes())).astype(float)
         if image.ndim == 3:
             z = image.shape[0] // 2
             image, mask = image[z], mask[z]

@@ -12,8 +12,12 @@ import numpy as np
 import pytest
 
 from dsbprep.annotations import (
+    DEFAULT_LABEL_RULE,
+    LABEL_RULES,
     Nodule,
+    equivalent_diameter,
     find_lidc_xml,
+    label_rule,
     lidc_nodules,
     merge_readers,
     nodules_to_boxes,
@@ -248,9 +252,11 @@ def test_outline_pixels_and_holes(tmp_path):
     expected = 330 / 56
     assert n.center == pytest.approx((-50.0, 100.0 + 0.5 * expected, 200.0 + 0.8 * expected))
     assert n.extent_mm == pytest.approx((2.0, 9 * 0.5, 9 * 0.8))
-    assert n.diameter_mm == pytest.approx(
+    assert n.diameter_axial_mm == pytest.approx(
         math.hypot(10 * 0.5, 10 * 0.8)
     )  # outline corner to corner
+    # LUNA16's size: the sphere of the 56 voxels' volume, (6 V / pi) ** (1/3)
+    assert n.diameter_mm == pytest.approx((6 * 56 * 2.0 * 0.5 * 0.8 / math.pi) ** (1 / 3))
     # without the hole the centre is the square's
     path = _xml(tmp_path, [("r1", [_roi(-50.0, outer)])])
     [[n]] = parse_lidc_xml(path, origin=(-50.0, 100.0, 200.0), spacing=(2.0, 0.5, 0.8))
@@ -294,6 +300,44 @@ def test_malformed_xml(tmp_path):
         parse_lidc_xml(path, origin=(0, 0, 0), spacing=(1, 1, 1))
     with pytest.raises(ValueError, match="min_diameter_mm"):
         parse_lidc_xml(path, origin=(0, 0, 0), spacing=(1, 1, 1), min_diameter_mm=-1)
+
+
+def _rule_xml(tmp_path):
+    """Four readers on 1 x 1 x 1 mm slices: a 9-pixel square nodule A outlined by 3 readers,
+    B (same size, far away) by 2, C by 1, and D (a 3 x 3-pixel outline: axial 4.2 mm, 4 voxels
+    inside, a 1.97 mm sphere) by all 4."""
+    a = _roi(0.0, _square(10, 10, 19, 19)) + _roi(1.0, _square(10, 10, 19, 19))
+    b = _roi(0.0, _square(60, 60, 69, 69)) + _roi(1.0, _square(60, 60, 69, 69))
+    c = _roi(0.0, _square(10, 60, 19, 69)) + _roi(1.0, _square(10, 60, 19, 69))
+    d = _roi(0.0, _square(40, 40, 43, 43))
+    sessions = [("r1", [a, b, c, d]), ("r2", [a, b, d]), ("r3", [a, d]), ("r4", [d])]
+    return _xml(tmp_path, sessions)
+
+
+def test_label_rules(tmp_path):
+    xml = _rule_xml(tmp_path)
+    geometry = {"origin": (0.0, 0.0, 0.0), "spacing": (1.0, 1.0, 1.0)}
+    luna = lidc_nodules(xml, **geometry)  # the default: LUNA16's rule
+    assert DEFAULT_LABEL_RULE == "luna16" and lidc_nodules(xml, **geometry, rule="luna16") == luna
+    (a,) = luna  # >= 3 readers and >= 3 mm (D: 4 readers, but a 1.97 mm sphere)
+    assert a.n_readers == 3 and a.center == pytest.approx((0.5, 14.5, 14.5))
+    assert a.diameter_mm == pytest.approx(equivalent_diameter(8 * 8 * 2))  # 2 slices of 8 x 8
+    assert a.diameter_axial_mm == pytest.approx(math.hypot(9, 9))
+    every = lidc_nodules(xml, **geometry, rule="all")  # D is kept: each reader's axial >= 3 mm
+    assert sorted(n.n_readers for n in every) == [1, 2, 3, 4]
+    assert [n.n_readers for n in lidc_nodules(xml, **geometry, rule="luna16", min_readers=2)] == [3, 2]
+    assert [n.n_readers for n in lidc_nodules(xml, **geometry, min_diameter_mm=1.5)] == [4, 3]
+    with pytest.raises(ValueError, match="unknown label rule 'lidc'"):
+        lidc_nodules(xml, **geometry, rule="lidc")
+    assert set(LABEL_RULES) == {"luna16", "all"} and label_rule("all").min_readers == 1
+
+
+def test_luna16_rule_with_fewer_reading_sessions(tmp_path):
+    # a one-reader truth XML (the synthetic cohort's): LUNA16 has no rule, all its readers count
+    xml = _xml(tmp_path, [("truth", [_roi(0.0, _square(10, 10, 19, 19))])])
+    (n,) = lidc_nodules(xml, origin=(0.0, 0.0, 0.0), spacing=(1.0, 1.0, 1.0))
+    assert n.n_readers == 1
+    assert lidc_nodules(xml, origin=(0.0, 0.0, 0.0), spacing=(1.0, 1.0, 1.0), min_readers=2) == []
 
 
 # --- merging --------------------------------------------------------------------------------
@@ -421,14 +465,15 @@ def test_nodules_to_boxes_geometry(caplog):
     )
     nodules = [
         Nodule((-150.0, -100.0, -50.0), 6.0, n_readers=3),  # no extent: a 6 mm cube
-        Nodule((-170.0, -110.0, -60.0), 10.0, n_readers=1, extent_mm=(4.0, 8.0, 12.0)),
+        Nodule((-170.0, -110.0, -60.0), 10.0, 1, (), (4.0, 8.0, 12.0), diameter_axial_mm=13.0),
         Nodule((-205.0, -100.0, -50.0), 5.0),  # before the crop: dropped with stored_shape
     ]
     boxes = nodules_to_boxes(nodules, to_stored_index=to_index, stored_spacing=(2.0, 1.0, 0.5))
-    assert boxes.dtype == np.float32 and boxes.shape == (3, 8)
-    np.testing.assert_array_equal(boxes[0], [40, 30, 20, 3, 6, 12, 6, 3])
-    np.testing.assert_array_equal(boxes[1], [20, 20, 10, 2, 8, 24, 10, 1])
-    np.testing.assert_array_equal(boxes[2], [-15, 30, 20, 2.5, 5, 10, 5, 1])
+    assert boxes.dtype == np.float32 and boxes.shape == (3, len(BOX_COLUMNS)) == (3, 9)
+    nan = np.nan  # a LUNA16 row has no axial diameter
+    np.testing.assert_array_equal(boxes[0], [40, 30, 20, 3, 6, 12, 6, 3, nan])
+    np.testing.assert_array_equal(boxes[1], [20, 20, 10, 2, 8, 24, 10, 1, 13])
+    np.testing.assert_array_equal(boxes[2], [-15, 30, 20, 2.5, 5, 10, 5, 1, nan])
     with caplog.at_level(logging.WARNING, logger="dsbprep"):
         kept = nodules_to_boxes(
             nodules,

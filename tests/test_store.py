@@ -56,7 +56,7 @@ def test_round_trip_every_compressor(tmp_path, compression):
         # cases start on chunk boundaries along z, padding uses the file's pad value
         assert list(ds.index["z0"]) == [0, 8, 12]
         assert ds.file["images"][5, 0, 0] == -1024
-        assert ds.attrs["format_version"] == "1.0"
+        assert ds.attrs["format_version"] == "2.0"  # issue 15: boxes gained a column
         assert json.loads(ds.attrs["box_columns"]) == list(BOX_COLUMNS)
 
 

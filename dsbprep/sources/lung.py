@@ -126,7 +126,7 @@ class LungSource(SourceBase):
         Keyword arguments of the three stage functions (config sections of the same names);
         ``dicom["max_voxels"]`` also caps volume files.
     annotations : dict
-        ``lidc_xml`` (bool), ``min_diameter_mm``, ``min_readers``, ``luna_csv`` (path or "").
+        ``lidc_xml`` (bool), ``min_diameter_mm``, ``label_rule``, ``luna_csv`` (path or "").
     allow_one_lung : bool
         Store a case in which only one lung was found (flagged in its meta) instead of failing it.
     """
@@ -154,6 +154,9 @@ class LungSource(SourceBase):
         prep = config.params("preprocess")
         allow_one = bool(prep.pop("allow_one_lung"))
         ann = config.params("annotations")
+        from ..annotations import label_rule  # issue 15: reject an unknown label_rule
+
+        label_rule(ann.get("label_rule", "luna16"))
         luna = {}
         if ann.get("luna_csv"):
             from ..annotations import read_luna_csv
@@ -226,6 +229,7 @@ class LungSource(SourceBase):
         """Nodule boxes in the stored frame from the LIDC XML (DICOM folders) and/or the LUNA16 CSV."""
         from ..annotations import find_lidc_xml, lidc_nodules, nodules_to_boxes
         from ..geometry import world_to_voxel
+        from ..store import empty_boxes  # issue 15 / 12
 
         nodules = []
         if folder is not None and self.annotations.get("lidc_xml", True):
@@ -235,11 +239,11 @@ class LungSource(SourceBase):
                     xml, origin=scan.origin, spacing=scan.spacing, direction=scan.direction,
                     series_uid=scan.series_uid,
                     min_diameter_mm=self.annotations.get("min_diameter_mm", 3.0),
-                    min_readers=int(self.annotations.get("min_readers", 1)),
+                    rule=self.annotations.get("label_rule", "luna16"),  # issue 15: label rule
                 )
         nodules += self.luna.get(scan.series_uid, [])
         if not nodules:
-            return np.zeros((0, 8), np.float32), []
+            return empty_boxes(), []  # issue 15 / 12: one empty-boxes helper
         boxes = nodules_to_boxes(
             nodules,
             to_stored_index=lambda w: world_to_voxel(w, origin, tv.spacing, scan.direction),

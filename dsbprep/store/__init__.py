@@ -56,6 +56,8 @@ from .format import (
     STATUS_OK,
     CaseData,
     ReadLimits,
+    as_boxes,
+    empty_boxes,
     parse_meta,
 )
 from .reader import CaseRecord, DsbDataset, open_dataset
@@ -67,6 +69,8 @@ __all__ = [
     "FORMAT_VERSION",
     "INDEX_DTYPE",
     "BOX_COLUMNS",
+    "empty_boxes",
+    "as_boxes",
     "STATUS_OK",
     "STATUS_FAILED",
     "SPLITS",

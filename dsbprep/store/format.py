@@ -41,14 +41,25 @@ __all__ = [
     "meta_blob",
     "parse_meta",
     "empty_boxes",
+    "as_boxes",
+    "box_columns_of",
 ]
 
 #: Version of the on-disk layout. Readers refuse files with a larger major version.
-FORMAT_VERSION = "1.0"
-_FORMAT_MAJOR = 1
+#: 2.0: ``/boxes`` gained the column ``diameter_axial_mm`` (format 1.x files are read, see
+#: :func:`as_boxes`; appending to them is refused).
+FORMAT_VERSION = "2.0"
+_FORMAT_MAJOR = 2
 
 #: Column meaning of each row of ``/boxes`` (voxel units are in the stored grid).
-BOX_COLUMNS = ("z", "y", "x", "size_z", "size_y", "size_x", "diameter_mm", "n_readers")
+#: ``diameter_mm``: LUNA16's diameter (volume-equivalent sphere, readers' mean);
+#: ``diameter_axial_mm``: the largest axial diameter of the outlines (readers' mean),
+#: NaN when unknown (a LUNA16 CSV row). See docs/LABELS.md.
+BOX_COLUMNS = (
+    "z", "y", "x", "size_z", "size_y", "size_x", "diameter_mm", "n_readers", "diameter_axial_mm"
+)
+#: Columns of format 1.x files (no ``diameter_axial_mm``; ``diameter_mm`` held the axial one).
+BOX_COLUMNS_V1 = BOX_COLUMNS[:8]
 
 STATUS_OK = 0
 STATUS_FAILED = 1
@@ -157,7 +168,8 @@ class CaseData:
     origin, direction : world (z, y, x) mm of voxel [0, 0, 0] and 3x3 direction cosines
         (column k = world unit vector of index axis k), describing the *stored* grid.
     boxes : ndarray, shape (n, len(BOX_COLUMNS))
-        Boxes in the stored voxel frame, columns ``BOX_COLUMNS``.
+        Boxes in the stored voxel frame, columns ``BOX_COLUMNS`` (8 columns, without
+        ``diameter_axial_mm``, are accepted: it is set to ``diameter_mm``).
     meta : dict
         JSON-serialisable provenance (source files, series UID, parameters, ...).
     """
@@ -177,10 +189,46 @@ class CaseData:
     label: int = -1
     meta: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.boxes = as_boxes(self.boxes)  # 8-column (format 1.x) boxes accepted
+
 
 def empty_boxes() -> np.ndarray:
-    """An empty ``(0, len(BOX_COLUMNS))`` float32 box array."""
+    """No boxes: a float32 array of shape (0, len(BOX_COLUMNS)).
+
+    Examples
+    --------
+    >>> empty_boxes().shape == (0, len(BOX_COLUMNS))
+    True
+    """
     return np.zeros((0, len(BOX_COLUMNS)), np.float32)
+
+
+def as_boxes(boxes: Any) -> np.ndarray:
+    """Boxes as a float32 array (n, len(BOX_COLUMNS)).
+
+    8-column rows (format 1.x files and callers) gain ``diameter_axial_mm`` = their
+    ``diameter_mm``, which in 1.x was the largest axial diameter (``diameter_mm``
+    keeps it too: 1.x had no other).
+
+    Examples
+    --------
+    >>> as_boxes([[1, 2, 3, 4, 4, 4, 6.5, 2]]).tolist()
+    [[1.0, 2.0, 3.0, 4.0, 4.0, 4.0, 6.5, 2.0, 6.5]]
+    """
+    boxes = np.asarray(boxes, np.float32)
+    if boxes.ndim == 1 and boxes.size == len(BOX_COLUMNS_V1):  # one row
+        boxes = boxes.reshape(1, -1)
+    if boxes.ndim == 2 and boxes.shape[1] == len(BOX_COLUMNS_V1):
+        axial = boxes[:, BOX_COLUMNS_V1.index("diameter_mm")]
+        boxes = np.column_stack([boxes, axial]).astype(np.float32)
+    return boxes.reshape(-1, len(BOX_COLUMNS))
+
+
+def box_columns_of(attrs: Mapping[str, Any]) -> tuple[str, ...]:
+    """The ``/boxes`` columns of a file with these attributes (format 1.x: 8 columns)."""
+    version = _text(attrs.get("format_version", FORMAT_VERSION))
+    return BOX_COLUMNS_V1 if version.split(".")[0] == "1" else BOX_COLUMNS
 
 
 def _text(value: Any) -> str:

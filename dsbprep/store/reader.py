@@ -31,6 +31,7 @@ from .format import (
     STATUS_FAILED,
     STATUS_OK,
     ReadLimits,
+    as_boxes,
     empty_boxes,
     parse_meta,
 )
@@ -105,7 +106,7 @@ class CaseRecord:
         if self.n_boxes == 0:
             return empty_boxes()
         start = int(self.row["boxes_start"])
-        return self._ds._read_span("boxes", start, self.n_boxes, self.case_id)
+        return as_boxes(self._ds._read_span("boxes", start, self.n_boxes, self.case_id))
 
     @property
     def meta(self) -> dict:

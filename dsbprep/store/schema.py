@@ -25,6 +25,7 @@ from .format import (
     STATUS_FAILED,
     STATUS_OK,
     ReadLimits,
+    box_columns_of,
     check_version,
 )
 
@@ -77,7 +78,7 @@ def _check_dataset(f: h5py.File, name: str, path: str) -> h5py.Dataset:
     return ds
 
 
-def _check_dtypes(sets: dict[str, h5py.Dataset], path: str) -> None:
+def _check_dtypes(sets: dict[str, h5py.Dataset], path: str, columns: tuple[str, ...] = BOX_COLUMNS) -> None:
     image = sets["images"].dtype
     if image.kind not in "iuf" or image.fields is not None or image.shape or image.itemsize > 8:
         raise _fail(path, "/images", f"dtype {image} is not a numeric image dtype")
@@ -91,9 +92,9 @@ def _check_dtypes(sets: dict[str, h5py.Dataset], path: str) -> None:
         missing = [n for n in INDEX_DTYPE.names if n not in (got.names or ())]
         raise _fail(path, "/index", f"dtype is not this format's INDEX_DTYPE (extra fields {extra}, "
                     f"missing {missing}, {got.itemsize} bytes per row instead of {INDEX_DTYPE.itemsize})")
-    if sets["boxes"].shape[1] != len(BOX_COLUMNS):
+    if sets["boxes"].shape[1] != len(columns):
         raise _fail(path, "/boxes", f"has {sets['boxes'].shape[1]} columns, expected "
-                    f"{len(BOX_COLUMNS)} ({', '.join(BOX_COLUMNS)})")
+                    f"{len(columns)} ({', '.join(columns)})")
 
 
 def _check_attrs(attrs: h5py.AttributeManager, path: str) -> tuple[str, float]:
@@ -127,7 +128,7 @@ def check_file(f: h5py.File, path: str, limits: ReadLimits) -> tuple[dict[str, h
     """
     kind, pad = _check_attrs(f.attrs, path)
     sets = {name: _check_dataset(f, name, path) for name in DATASETS}
-    _check_dtypes(sets, path)
+    _check_dtypes(sets, path, box_columns_of(f.attrs))
     dtype = sets["images"].dtype
     if dtype.kind in "iu" and not (pad.is_integer() and np.iinfo(dtype).min <= pad <= np.iinfo(dtype).max):
         raise _fail(path, "attribute pad_value", f"{pad!r} is not a value of the images' dtype {dtype}")

@@ -39,6 +39,7 @@ from .format import (
     STATUS_FAILED,
     STATUS_OK,
     CaseData,
+    as_boxes,
     encode_id,
     meta_blob,
 )
@@ -135,6 +136,12 @@ def create_file(path: str, image_dtype: str, chunks: tuple[int, int, int] | None
 def check_before_append(f: h5py.File, path: str) -> None:
     """Refuse to append to a file that a reader would not fully accept (schema or any index row)."""
     sets, kind, _ = check_file(f, path, DEFAULT_LIMITS)
+    if sets["boxes"].shape[1] != len(BOX_COLUMNS):
+        raise DatasetFormatError(
+            f"{path}: /boxes has {sets['boxes'].shape[1]} columns (format "
+            f"{f.attrs.get('format_version')}), this dsbprep writes {len(BOX_COLUMNS)}: "
+            "build into a new file"
+        )
     for key in ("chunks", "compression"):
         if key not in f.attrs:
             raise DatasetFormatError(f"{path}: attribute {key}: missing")
@@ -399,7 +406,7 @@ class DatasetWriter:
         elif case.spec != self.spec:
             raise ValueError(f"case {case.case_id!r} was encoded for {case.spec}, but the file is {self.spec}")
         encode_id(case.case_id)  # refuse a bad id before anything is written
-        boxes = np.asarray(case.case.boxes, np.float32).reshape(-1, len(BOX_COLUMNS))
+        boxes = as_boxes(case.case.boxes)
         blob = meta_blob(case.case.meta)
         nbytes = int(_COMPRESSION_SLACK * case.nbytes) + self._meta_nbytes(blob) + boxes.nbytes
         with self._writing(case.case_id, nbytes):
