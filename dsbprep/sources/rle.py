@@ -32,10 +32,11 @@ from typing import Any, ClassVar
 import numpy as np
 from skimage.transform import resize
 
-from ..errors import MaskSourceError
+from ..errors import DsbprepError, MaskSourceError
+from ..io.dicom import read_dataset
+from ..io.frame import read_dicom_frame
 from ..store import CaseData
 from . import SourceBase, Task, listing_fingerprint
-from .contours import read_dicom_frame
 
 __all__ = [
     "NO_MASK",
@@ -311,12 +312,16 @@ def _find_csv(root: Path, csv_name: str) -> Path:
 
 
 def _patient_id(path: Path) -> str:
-    import pydicom
+    """The file's PatientID, or "" when it cannot be read (its case then fails with the reason).
 
+    This pass runs in the writer process over every image, so it reads the header through
+    :func:`dsbprep.io.dicom.read_dataset`: a deflated body is inflated only up to the
+    header's cap, never in full (a 2 MB file can inflate to gigabytes).
+    """
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientID"])
+        ds = read_dataset(path, stop_before_pixels=True)
         return str(ds.get("PatientID", "") or "")
-    except Exception:  # an unreadable file fails later, in its own case, with the reason
+    except DsbprepError:
         return ""
 
 
