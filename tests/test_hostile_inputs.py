@@ -114,6 +114,7 @@ def run_measured(code: str) -> dict:
                           env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"peak memory of the reading process: {result['max_rss'] / 2**20:.0f} MiB")  # -s shows it
     assert result["max_rss"] < MAX_RSS_BYTES, result
     return result
 
