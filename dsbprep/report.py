@@ -262,9 +262,10 @@ def outlier_flags(
 
 
 def _stats(values: np.ndarray) -> dict[str, list[float]]:
-    values = np.asarray(values, float).reshape(len(values), -1)
-    if values.size == 0:
+    values = np.asarray(values, float)
+    if values.size == 0:  # no built case (every case failed): nothing to summarise
         return {}
+    values = values.reshape(len(values), -1)
     return {
         "min": values.min(0).round(4).tolist(),
         "median": np.median(values, 0).round(4).tolist(),

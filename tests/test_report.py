@@ -198,6 +198,16 @@ def test_cli_errors_name_the_file(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_report_of_a_file_whose_every_case_failed(tmp_path, capsys):
+    path = tmp_path / "failed.h5"
+    with DatasetWriter(path, kind="volume", image_dtype="uint8") as writer:
+        writer.append_failure("P1", "no CT series found")
+    assert main([str(path), "--out", str(tmp_path / "r")]) == 0
+    assert "0 cases, 0 flagged, 1 failed" in capsys.readouterr().out
+    page = (tmp_path / "r" / "index.html").read_text()
+    assert "P1" in page and "no CT series found" in page
+
+
 def test_report_of_the_embedded_default(default_h5, tmp_path):
     index = write_report(default_h5, tmp_path / "rep")
     page = index.read_text()
