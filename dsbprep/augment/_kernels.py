@@ -72,15 +72,18 @@ def trilinear(src, matrix, offset, out, mask_src, mask_out, with_mask):  # pragm
                 z0, y0, x0 = _low(cz, nz), _low(cy, ny), _low(cx, nx)
                 fz, fy, fx = cz - z0, cy - y0, cx - x0
                 a = src[z0, y0, x0] + (src[z0, y0, x0 + 1] - np.float64(src[z0, y0, x0])) * fx
-                b = src[z0, y0 + 1, x0] + (
-                    src[z0, y0 + 1, x0 + 1] - np.float64(src[z0, y0 + 1, x0])
-                ) * fx
-                c = src[z0 + 1, y0, x0] + (
-                    src[z0 + 1, y0, x0 + 1] - np.float64(src[z0 + 1, y0, x0])
-                ) * fx
-                d = src[z0 + 1, y0 + 1, x0] + (
-                    src[z0 + 1, y0 + 1, x0 + 1] - np.float64(src[z0 + 1, y0 + 1, x0])
-                ) * fx
+                b = (
+                    src[z0, y0 + 1, x0]
+                    + (src[z0, y0 + 1, x0 + 1] - np.float64(src[z0, y0 + 1, x0])) * fx
+                )
+                c = (
+                    src[z0 + 1, y0, x0]
+                    + (src[z0 + 1, y0, x0 + 1] - np.float64(src[z0 + 1, y0, x0])) * fx
+                )
+                d = (
+                    src[z0 + 1, y0 + 1, x0]
+                    + (src[z0 + 1, y0 + 1, x0 + 1] - np.float64(src[z0 + 1, y0 + 1, x0])) * fx
+                )
                 top = a + (b - a) * fy
                 out[z, y, x] = top + (c + (d - c) * fy - top) * fz
                 if with_mask:

@@ -8,7 +8,14 @@ from typing import Any
 from ._base import Transform
 from .compose import Compose
 from .intensity import Brightness, Contrast, Gamma, GaussianBlur, GaussianNoise, LowResolution
-from .spatial import DEFAULT_FLIP_PROBABILITY, DEFAULT_ROTATE_PROBABILITY, Flip, Rot90, Rotate, Scale
+from .spatial import (
+    DEFAULT_FLIP_PROBABILITY,
+    DEFAULT_ROTATE_PROBABILITY,
+    Flip,
+    Rot90,
+    Rotate,
+    Scale,
+)
 
 __all__ = ["PRESETS", "from_config", "nnunet_preset"]
 

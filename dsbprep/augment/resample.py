@@ -291,7 +291,8 @@ def _general(image, mask, mapping, out_shape, dtype):
     for z_start in range(0, out_shape[0], step):
         zs = np.arange(z_start, min(z_start + step, out_shape[0]), dtype=np.float32)
         coords = [plane[k][None, :] + np.float32(m[k, 0]) * zs[:, None] for k in range(3)]
-        lows, fracs = zip(*(_floor_and_frac(c, n) for c, n in zip(coords, shape, strict=True)))
+        pairs = [_floor_and_frac(c, n) for c, n in zip(coords, shape, strict=True)]
+        lows, fracs = [p[0] for p in pairs], [p[1] for p in pairs]
         base = lows[0] * strides[0] + lows[1] * strides[1] + lows[2]
         values[z_start : z_start + len(zs)] = _trilinear(flat, base, fracs, strides)
         if out_mask is not None:
