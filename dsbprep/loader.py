@@ -169,6 +169,35 @@ class Batch:
         return len(self.indices)
 
 
+def _check_arguments(batch_size: int, epochs: int | None, dtype: str) -> None:
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if epochs is not None and int(epochs) < 0:
+        raise ValueError(f"epochs must be >= 0 or None, got {epochs}")
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
+
+
+def _check_drop_last(n: int, batch_size: int, drop_last: bool, path: str) -> None:
+    """ValueError when ``drop_last`` would drop every batch (epochs=None then never yields)."""
+    if drop_last and n < batch_size:
+        raise ValueError(
+            f"{path}: drop_last=True with {n} selected cases and batch_size={batch_size} "
+            "would drop every batch; lower batch_size or set drop_last=False"
+        )
+
+
+def _selected(splits: np.ndarray, split: Any, path: str) -> np.ndarray:
+    """Positions of the cases in ``split`` (all when None); ValueError when none."""
+    codes = _split_codes(split)
+    selected = (
+        np.arange(len(splits)) if codes is None else np.flatnonzero(np.isin(splits, sorted(codes)))
+    )
+    if len(selected) == 0:
+        raise ValueError(f"{path}: no case selected (split={split!r}, {len(splits)} cases)")
+    return selected.astype(np.int64)
+
+
 def _split_codes(split: Any) -> set[int] | None:
     if split is None or split == "":
         return None
@@ -264,12 +293,7 @@ class BatchLoader:
         cache_slots: int = DEFAULT_CACHE_SLOTS,
     ) -> None:
         self.path = os.fspath(path)
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if epochs is not None and int(epochs) < 0:
-            raise ValueError(f"epochs must be >= 0 or None, got {epochs}")
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
+        _check_arguments(batch_size, epochs, dtype)
         self.batch_size = int(batch_size)
         self.epochs = None if epochs is None else int(epochs)
         self.shuffle = bool(shuffle)
@@ -293,24 +317,8 @@ class BatchLoader:
             splits = np.asarray(ds.index["split"], np.int64)
             self.file_inplane = tuple(int(s) for s in ds.file["images"].shape[1:])
             self.image_dtype = ds.file["images"].dtype
-        codes = _split_codes(split)
-        selected = (
-            np.arange(len(self.case_ids))
-            if codes is None
-            else np.flatnonzero(np.isin(splits, sorted(codes)))
-        )
-        if len(selected) == 0:
-            raise ValueError(
-                f"{self.path}: no case selected (split={split!r}, {len(self.case_ids)} cases)"
-            )
-        self.indices = selected.astype(np.int64)
-
-        if self.drop_last and len(self.indices) < self.batch_size:
-            raise ValueError(
-                f"{self.path}: drop_last=True with {len(self.indices)} selected cases and "
-                f"batch_size={self.batch_size} would drop every batch (iterating forever "
-                "when epochs=None); lower batch_size or set drop_last=False"
-            )
+        self.indices = _selected(splits, split, self.path)
+        _check_drop_last(len(self.indices), self.batch_size, self.drop_last, self.path)
         if sampler == "auto":
             sampler = "slices" if self.kind == "slices" else "uniform"
         self.sampler = make_sampler(sampler, **(sampler_options or {}))

@@ -55,30 +55,51 @@ class Mapping:
     matrix: np.ndarray
     offset: np.ndarray
 
+    def __post_init__(self) -> None:
+        # Classified once (small-matrix checks in plain Python: numpy calls on 3 x 3
+        # arrays cost more than the checks themselves).
+        m = [[float(v) for v in row] for row in np.asarray(self.matrix, float)]
+        t = [float(v) for v in np.asarray(self.offset, float)]
+        object.__setattr__(self, "matrix", np.asarray(m))
+        object.__setattr__(self, "offset", np.asarray(t))
+        axes = _permutation(m)
+        integral = all(abs(v - round(v)) < _EPS for v in t)
+        object.__setattr__(self, "_axes", axes)
+        object.__setattr__(self, "_exact", axes is not None and integral)
+        inplane = all(abs(v) < _EPS for v in (m[0][1], m[0][2], m[1][0], m[2][0]))
+        object.__setattr__(self, "_inplane", inplane)
+
     def shifted(self, delta: np.ndarray) -> Mapping:
         """The same map for an input whose index 0 sits at ``delta`` of the old one."""
+        if not np.any(delta):
+            return self
         return Mapping(self.matrix, self.offset - np.asarray(delta, float))
 
     @property
     def is_permutation(self) -> bool:
         """True for flips and quarter turns with an integer offset (no interpolation)."""
-        return permutation_axes(self.matrix) is not None and _integral(self.offset)
+        return self._exact
 
     @property
     def is_inplane(self) -> bool:
         """True when z neither feeds nor is fed by y and x."""
-        m = self.matrix
-        return bool(np.all(np.abs(m[0, 1:]) < _EPS) and np.all(np.abs(m[1:, 0]) < _EPS))
+        return self._inplane
+
+
+def _permutation(m: list[list[float]]) -> list[int] | None:
+    """Input axis of each output axis of a signed permutation matrix, else None."""
+    axes = []
+    for j in range(len(m[0])):
+        rows = [i for i in range(len(m)) if abs(m[i][j]) > _EPS]
+        if len(rows) != 1 or abs(abs(m[rows[0]][j]) - 1) > _EPS:
+            return None
+        axes.append(rows[0])
+    return axes if len(set(axes)) == len(axes) else None
 
 
 def permutation_axes(matrix: np.ndarray) -> list[int] | None:
     """For a signed permutation matrix, the input axis of each output axis; else None."""
-    m = np.abs(matrix)
-    unit = np.all((m < _EPS) | (np.abs(m - 1) < _EPS))
-    nonzero = m > _EPS
-    if not (unit and np.all(nonzero.sum(0) == 1) and np.all(nonzero.sum(1) == 1)):
-        return None
-    return [int(np.flatnonzero(nonzero[:, j])[0]) for j in range(m.shape[1])]
+    return _permutation([[float(v) for v in row] for row in np.asarray(matrix, float)])
 
 
 def _integral(values: np.ndarray) -> bool:
@@ -105,6 +126,10 @@ def needed_box(mapping: Mapping, out_shape: tuple[int, ...]) -> tuple[np.ndarray
     Linear interpolation reads each point's floor and the voxel after it, so the box
     reaches one voxel past the largest coordinate (and at least 2 voxels per axis).
     """
+    if mapping.is_permutation and mapping._axes == [0, 1, 2] and _integral(mapping.offset):
+        lo = np.round(mapping.offset).astype(np.int64)  # flips about the centre: the same box
+        if not lo.any():
+            return lo, np.asarray(out_shape, np.int64)
     points = _corners(mapping, out_shape)
     if mapping.is_permutation:
         lo = np.round(points.min(1)).astype(np.int64)
@@ -178,7 +203,7 @@ def _permuted(a: np.ndarray, mapping: Mapping, out_shape: tuple[int, ...]) -> np
     """``a`` seen through a signed permutation: transpose, then strided slices."""
     m = np.round(mapping.matrix).astype(int)
     offset = np.round(mapping.offset).astype(int)
-    source = permutation_axes(mapping.matrix)
+    source = mapping._axes
     view = a.transpose(source)
     slices = []
     for j, i in enumerate(source):

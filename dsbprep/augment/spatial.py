@@ -48,6 +48,10 @@ def _embed(block: np.ndarray, axes: tuple[int, int]) -> np.ndarray:
     return out
 
 
+#: The four quarter turns as 3 x 3 maps (index k).
+_QUARTER_TURNS = tuple(_embed(np.linalg.matrix_power(_QUARTER, k), (1, 2)) for k in range(4))
+
+
 @dataclass(frozen=True)
 class Flip(SpatialTransform):
     """Flip each axis of ``axes`` independently with probability ``p``.
@@ -105,7 +109,7 @@ class Rot90(SpatialTransform):
 
     def matrix(self, params: dict[str, Any], ndim: int) -> np.ndarray:
         """``np.rot90(a, k, axes=(-2, -1))`` as a map."""
-        return _embed(np.linalg.matrix_power(_QUARTER, int(params["k"]) % 4), (1, 2))
+        return _QUARTER_TURNS[int(params["k"]) % 4]
 
 
 @dataclass(frozen=True)
