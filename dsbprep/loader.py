@@ -660,7 +660,10 @@ def loader_from_config(path: str | os.PathLike, config: Any, **overrides: Any) -
     params.update({k: v for k, v in overrides.items() if v is not None})
     split = params.get("split") or None
     patch = params.get("patch_size")
-    patch = None if patch in (None, "") else tuple(np.atleast_1d(patch).tolist())
+    if patch not in (None, ""):
+        patch = int(patch) if isinstance(patch, int) else tuple(np.atleast_1d(patch).tolist())
+    else:
+        patch = None
     with open_dataset(path, cache_bytes=_MIB, cache_slots=521) as ds:
         if ds.kind == "slices":
             patch = None  # a 2-D file: whole slices, whatever the 3-D patch size says
