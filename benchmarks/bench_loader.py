@@ -1,9 +1,25 @@
-"""How fast does the loader feed patches? (issue 5, "Speed").
+"""How fast does the loader feed augmented patches? (issue 13; issue 5 with ``--layout``).
 
 Usage::
 
     python benchmarks/bench_loader.py [--quick] [--data ../shared/data] [--input FILE.h5]
-                                      [--cases 8] [--patches 160] [--no-torchio] [--no-tuning]
+                                      [--cases 8] [--patches 160] [--rounds 5]
+                                      [--workloads W1 W2 W3] [--skip MONAI TorchIO]
+                                      [--baseline /work/main]
+    python benchmarks/bench_loader.py --layout [--no-torchio] [--no-tuning]
+
+Default (issue 13): 96^3 patches, batches of 8, float32 images + uint8 masks, patches/s with
+0 and 2 workers for three workloads, W1 = random flips on 3 axes + rot90, W2 = W1 + in-plane
+rotation uniform in [-15, 15] degrees on every patch, W3 = nnU-Net v2's default 3-D set
+(``preset = nnunet``), and three tools: dsbprep (BatchLoader in process, ``PatchStream`` with
+DataLoader workers), MONAI (CacheDataset in memory without per-patch cache copies,
+RandSpatialCropd then RandFlipd / RandRotate90d / RandRotated in-plane (``range_x`` for
+(z, y, x) arrays) / RandZoomd and MONAI's intensity transforms for W3; MONAI's DataLoader)
+and TorchIO (Queue over NIfTI files, 16 patches per volume, RandomFlip / RandomAffine with
+``degrees=(-15, 15, 0, 0, 0, 0)``; TorchIO has no rot90, and its subject transform runs on the
+whole volume as in its usual use). Tools alternate order within each round; medians of the
+rounds are printed with the issue's goal ratios. ``--baseline REPO`` also times W1 in one
+process with the dsbprep of another checkout (e.g. today's main) on the same file.
 
 The dataset: grt123's preprocessed LIDC-IDRI-0001 volume (``reference/grt123-LIDC-IDRI-0001.npz``
 ``clean``: HU windowed to uint8, 1 mm, lung crop (270, 205, 267)) and variants of it (flips,
@@ -12,8 +28,8 @@ shifts, +-noise) as separate cases, with a left/right lung mask (voxels grt123 d
 ``--input`` benchmarks the cases of an existing dsbprep file instead (e.g. ``make dataset``'s
 output). The output says which.
 
-Measured, for 96^3 and 128^3 patches with random flips (z, y, x) + rot90 on, batches of 8,
-float32 images + uint8 masks (MB/s counts those output bytes):
+``--layout`` (issue 5) measures, for 96^3 and 128^3 patches with random flips (z, y, x) +
+rot90 on, batches of 8, float32 images + uint8 masks (MB/s counts those output bytes):
 
 (a)  patches cut from the volumes already in memory as numpy arrays (same sampler, same
      augmentation, same output arrays), every patch from a freshly drawn case and position;
@@ -231,20 +247,12 @@ def run_torch(loader: BatchLoader, n: int, workers: int) -> float | None:
 
 def run_torchio(folder: Path, cases, patch: int, n: int, workers: int) -> float | None:
     try:
-        import nibabel as nib
+        import nibabel  # noqa: F401
         import torch
         import torchio as tio
     except ImportError:
         return None
-    folder.mkdir(parents=True, exist_ok=True)
-    subjects = []
-    for k, (v, m) in enumerate(cases):
-        img, lab = folder / f"case{k:02d}.nii", folder / f"case{k:02d}_mask.nii"
-        if not img.exists():
-            # NIfTI is x, y, z: store the z-y-x arrays transposed, 1 mm voxels.
-            nib.save(nib.Nifti1Image(np.ascontiguousarray(v.T), np.eye(4)), img)
-            nib.save(nib.Nifti1Image(np.ascontiguousarray(m.T), np.eye(4)), lab)
-        subjects.append(tio.Subject(image=tio.ScalarImage(img), mask=tio.LabelMap(lab)))
+    subjects = _nifti_subjects(folder, cases)
     dataset = tio.SubjectsDataset(subjects, transform=tio.RandomFlip(axes=(0, 1, 2)))
     queue = tio.Queue(
         dataset,
@@ -504,6 +512,7 @@ def torchio_transform(workload: str):
 def run_torchio_workload(folder: Path, cases, workload: str, n: int, workers: int) -> Rate | None:
     """TorchIO patches/s: Queue (the subject transform runs on whole volumes, its usual use)."""
     try:
+        import nibabel  # noqa: F401
         import torch
         import torchio as tio
     except ImportError:
