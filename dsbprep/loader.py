@@ -445,14 +445,17 @@ class BatchLoader:
         return self.load(index, origin, params, epoch=epoch)
 
     def load(
-        self, index: int, origin: Sequence[int], params: list[dict[str, Any]], *, epoch: int = -1
+        self,
+        index: int,
+        origin: Sequence[int],
+        params: list[dict[str, Any]],
+        *,
+        epoch: int = -1,
+        out: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> Sample:
-        """Read the patch of case ``index`` at ``origin`` and apply recorded ``params``.
-
-        The augmentation's spatial transforms are composed into one map about the patch
-        centre; exactly the box that map reads is read from the file (padded outside the
-        case) and resampled once (:meth:`dsbprep.augment.Compose.render`).
-        """
+        """Read the patch of case ``index`` at ``origin`` and apply recorded ``params``: the
+        box the composed map reads, resampled once (:meth:`dsbprep.augment.Compose.render`),
+        into ``out`` (a batch's image and mask rows) where it can."""
         index = int(index)
         origin = np.asarray(origin, np.int64)
         boxes = self.case_info(index).boxes.copy()
@@ -462,8 +465,9 @@ class BatchLoader:
         else:
             mapping, lo, hi = self.augment.plan(params, self.patch3, 2 if self.two_d else 3)
             image, mask = self.read_region(index, origin + lo, hi - lo)
+            rows = None if out is None else tuple(a.reshape(self.patch3) for a in out)
             image, mask = self.augment.render(
-                image, mask, mapping.shifted(lo), self.patch3, params, self.dtype
+                image, mask, mapping.shifted(lo), self.patch3, params, self.dtype, rows
             )
             boxes = transform_boxes(boxes, mapping)
         if self.two_d:
@@ -483,11 +487,8 @@ class BatchLoader:
         number: int = 0,
         out: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> Batch:
-        """Stack samples into a :class:`Batch` (images converted to ``dtype``).
-
-        ``out`` = (images, masks) arrays of :meth:`batch_shape` to fill instead of new
-        ones (e.g. shared memory that a worker process hands over without a copy).
-        """
+        """Stack samples into a :class:`Batch` (images converted to ``dtype``) in ``out`` =
+        (images, masks) of :meth:`batch_shape` if given (e.g. a worker's shared memory)."""
         shape = self.batch_shape(len(samples))
         return collate(samples, shape, self.dtype, self.channels_last, number=number, out=out)
 
@@ -500,7 +501,8 @@ class BatchLoader:
         out: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> Batch:
         """The batch of cases ``indices`` in ``epoch`` (``out``: see :meth:`collate`)."""
-        return self.collate([self.sample(epoch, int(i)) for i in indices], number=number, out=out)
+        samples, out = _load_into(self, indices, epoch, out)
+        return self.collate(samples, number=number, out=out)
 
     def replay(self, batch: Batch) -> Batch:
         """Rebuild ``batch`` from its recorded indices, origins and parameters."""
@@ -592,8 +594,10 @@ def collate(
         target = (
             (images[b, ..., 0], masks[b, ..., 0]) if channels_last else (images[b, 0], masks[b, 0])
         )
-        _copy_into(target[0], s.image, scratch)
-        target[1][...] = s.mask
+        if not _same_memory(target[0], s.image):
+            _copy_into(target[0], s.image, scratch)
+        if not _same_memory(target[1], s.mask):
+            target[1][...] = s.mask
     return Batch(
         images=images,
         masks=masks,
@@ -604,6 +608,33 @@ def collate(
         params=[s.params for s in samples],
         epoch=samples[0].epoch if samples else 0,
         number=number,
+    )
+
+
+def _load_into(loader: BatchLoader, indices: Sequence[int], epoch: int, out):
+    """The samples of ``indices`` resampled straight into the rows of ``out`` (new arrays
+    when None) where possible, and ``out``."""
+    shape = loader.batch_shape(len(indices))
+    if out is None:
+        out = (np.empty(shape, loader.dtype), np.empty(shape, np.uint8))
+    if loader.channels_last or out[0].shape != shape or out[1].shape != shape:
+        rows = [None] * len(indices)
+    else:
+        rows = list(zip(out[0][:, 0], out[1][:, 0], strict=True))
+    samples = []
+    for i, row in zip(indices, rows, strict=True):
+        origin, params = loader.draw(epoch, int(i))
+        samples.append(loader.load(int(i), origin, params, epoch=epoch, out=row))
+    return samples, out
+
+
+def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:
+    """True when ``b`` is ``a``'s memory with ``a``'s layout (a sample resampled in place)."""
+    return (
+        a.shape == b.shape
+        and a.dtype == b.dtype
+        and a.strides == b.strides
+        and a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
     )
 
 

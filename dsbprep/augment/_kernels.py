@@ -28,9 +28,13 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 
 @njit(cache=True, nogil=True)
-def plane_rows(src, rows, index, weights, out):  # pragma: no cover - compiled
-    """``out[r, i] = sum_k src[rows[r], index[k, i]] * weights[k, i]`` (k = 4 corners)."""
+def plane_rows(src, rows, index, weights, out, mask_src, nearest, mask_out):  # pragma: no cover
+    """``out[r, i] = sum_k src[rows[r], index[k, i]] * weights[k, i]`` (k = 4 corners).
+
+    With a non-empty ``mask_out``, also ``mask_out[r, i] = mask_src[rows[r], nearest[i]]``.
+    """
     n = index.shape[1]
+    with_mask = mask_out.shape[0] > 0
     for r in range(rows.shape[0]):
         s = src[rows[r]]
         o = out[r]
@@ -41,6 +45,11 @@ def plane_rows(src, rows, index, weights, out):  # pragma: no cover - compiled
                 + s[index[2, i]] * weights[2, i]
                 + s[index[3, i]] * weights[3, i]
             )
+        if with_mask:
+            ms = mask_src[rows[r]]
+            mo = mask_out[r]
+            for i in range(n):
+                mo[i] = ms[nearest[i]]
 
 
 @njit(cache=True, nogil=True)

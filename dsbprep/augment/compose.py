@@ -158,11 +158,13 @@ class Compose(Transform):
         out_shape: Sequence[int],
         params: list[dict[str, Any]],
         dtype: Any,
+        out: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Resample (z, y, x) ``image`` and ``mask`` once, then apply the intensity transforms.
 
         ``mapping`` is relative to ``image``'s index 0. The image comes out as ``dtype``
-        (float32 while intensity transforms act; integers rounded and clipped).
+        (float32 while intensity transforms act; integers rounded and clipped). ``out``:
+        arrays the resampling may write into directly (see :func:`resample`).
         """
         intensity = [
             (t, p)
@@ -170,7 +172,8 @@ class Compose(Transform):
             if isinstance(t, IntensityTransform)
         ]
         work = np.float32 if intensity else dtype
-        out, out_mask = resample(image, mask, mapping, tuple(out_shape), work)
+        target = None if intensity else out
+        out, out_mask = resample(image, mask, mapping, tuple(out_shape), work, target)
         if intensity:
             out = np.array(out, np.float32)  # a copy: never change the input's values
             for t, p in intensity:

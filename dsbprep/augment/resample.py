@@ -46,6 +46,8 @@ _SLAB_VOXELS = 8 * 96 * 96
 #: Use the compiled loops of :mod:`dsbprep.augment._kernels` (numba installed). Tests
 #: switch it off to check the numpy paths against the same reference.
 COMPILED = _kernels.AVAILABLE
+#: An empty mask output: the compiled plane loop then skips the mask.
+_NO_MASK = np.zeros((0, 0), np.uint8)
 
 
 @dataclass(frozen=True)
@@ -170,6 +172,7 @@ def resample(
     mapping: Mapping,
     out_shape: tuple[int, ...],
     dtype: Any,
+    out: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Image (linear) and mask (nearest) through ``mapping``, on an (z, y, x) grid.
 
@@ -181,11 +184,14 @@ def resample(
     out_shape : tuple of 3 int
     dtype : numpy dtype
         Output image dtype; integers are rounded (half to even) and clipped.
+    out : (ndarray, ndarray), optional
+        C-contiguous image and mask arrays of ``out_shape`` to write into (e.g. a batch's
+        memory); the in-plane path fills them directly, other paths may ignore them.
 
     Returns
     -------
     image, mask
-        Views of the inputs for pure permutations, else new arrays.
+        Views of the inputs for pure permutations, else new arrays (or ``out``).
     """
     out_shape = tuple(int(n) for n in out_shape)
     if mapping.is_permutation:
@@ -195,7 +201,9 @@ def resample(
     image = np.ascontiguousarray(image)
     mask = None if mask is None else np.ascontiguousarray(mask)
     if mapping.is_inplane:
-        return _inplane(image, mask, mapping, out_shape, np.dtype(dtype))
+        usable = out is not None and mask is not None and out[0].flags.c_contiguous
+        usable = usable and out[1].flags.c_contiguous and out[1].dtype == mask.dtype
+        return _inplane(image, mask, mapping, out_shape, np.dtype(dtype), out if usable else None)
     return _general(image, mask, mapping, out_shape, np.dtype(dtype))
 
 
@@ -254,43 +262,64 @@ def _as_slice(rows: np.ndarray) -> slice | np.ndarray:
     return rows
 
 
-def _bilinear_rows(flat: np.ndarray, rows, index: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """float32 (len(rows), HW): every row gathered with one shared bilinear map."""
+def _bilinear_rows(flat, rows, index, weights, out=None, mask=None) -> np.ndarray:
+    """float32 (len(rows), HW): every row gathered with one shared bilinear map.
+
+    ``mask`` = (flat mask, nearest indices, output rows) gathers the mask rows too (compiled).
+    """
     if COMPILED:
         rows = np.arange(flat.shape[0])[rows] if isinstance(rows, slice) else rows
-        out = np.empty((len(rows), index.shape[1]), np.float32)
-        _kernels.plane_rows(flat, np.asarray(rows, np.intp), index, weights, out)
+        if out is None:
+            out = np.empty((len(rows), index.shape[1]), np.float32)
+        flat_mask, nearest, mask_out = mask if mask is not None else (flat, index[0], _NO_MASK)
+        _kernels.plane_rows(
+            flat, np.asarray(rows, np.intp), index, weights, out, flat_mask, nearest, mask_out
+        )
         return out
     source = flat[rows]
     gathered = source[:, index.ravel()].reshape(len(source), 4, -1)  # one fancy gather
-    out = np.multiply(gathered[:, 0], weights[0], dtype=np.float32)
+    values = np.multiply(gathered[:, 0], weights[0], dtype=np.float32)
     for k in range(1, 4):
-        out += np.multiply(gathered[:, k], weights[k], dtype=np.float32)
-    return out
+        values += np.multiply(gathered[:, k], weights[k], dtype=np.float32)
+    if mask is not None:
+        mask[2][...] = mask[0][rows][:, mask[1]]
+    if out is not None:
+        out[...] = values
+        return out
+    return values
 
 
-def _inplane(image, mask, mapping, out_shape, dtype):
+def _inplane(image, mask, mapping, out_shape, dtype, out=None):
     """Maps whose z part is separate: one shared 2-D map, then a z blend if z scales."""
     nz, ny, nx = image.shape
     index, weights, nearest = _plane_map(mapping, out_shape[1:], (ny, nx))
     flat = image.reshape(nz, ny * nx)
+    flat_mask = None if mask is None else mask.reshape(nz, ny * nx)
+    n_out = (out_shape[0], index.shape[1])
+    direct = out is not None and out[0].dtype == np.float32 and np.dtype(dtype) == np.float32
+    if out is None:
+        out = (None, None if mask is None else np.empty(out_shape, mask.dtype))
     cz = mapping.matrix[0, 0] * np.arange(out_shape[0]) + mapping.offset[0]
     if _integral(cz):
-        mask_rows = np.clip(np.round(cz), 0, nz - 1).astype(np.intp)
-        values = _bilinear_rows(flat, _as_slice(mask_rows), index, weights)
+        rows = np.clip(np.round(cz), 0, nz - 1).astype(np.intp)
+        target = out[0].reshape(n_out) if direct else None
+        fused = None if mask is None else (flat_mask, nearest, out[1].reshape(n_out))
+        values = _bilinear_rows(flat, _as_slice(rows), index, weights, target, fused)
+        filled = target is not None
     else:
+        filled = False
         z0, fz = _floor_and_frac(cz, nz)
         used = np.arange(z0.min(), z0.max() + 2)
         planes = _bilinear_rows(flat, used, index, weights)
         lower, upper = planes[z0 - used[0]], planes[z0 + 1 - used[0]]
         values = lower + (upper - lower) * fz[:, None]
-        mask_rows = _nearest(cz, nz)
-    out = to_dtype(values, dtype).reshape(out_shape)
-    if mask is None:
-        return out, None
-    # Rows first (a view for consecutive rows), then one fancy gather along the plane.
-    out_mask = mask.reshape(nz, ny * nx)[_as_slice(mask_rows)][:, nearest]
-    return out, out_mask.reshape(out_shape)
+        if mask is not None:
+            near_rows = _nearest(cz, nz)
+            out[1].reshape(n_out)[...] = flat_mask[_as_slice(near_rows)][:, nearest]
+    image_out = out[0] if direct else to_dtype(values, dtype).reshape(out_shape)
+    if direct and not filled:
+        out[0].reshape(n_out)[...] = values
+    return image_out, out[1]
 
 
 def _general(image, mask, mapping, out_shape, dtype):
