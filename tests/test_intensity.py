@@ -119,6 +119,11 @@ def test_scale_zooms_about_the_centre():
         image[0], None, boxes, [{"name": "scale", "zoom": [1, 2, 2]}]
     )
     np.testing.assert_allclose(moved[0, 4:6], [22, 22], rtol=1e-5)
+    wide = np.array([[0, 20, 20, 1, 11, 11, 11.0, 3, 10.0]], np.float32)  # 9-column boxes
+    _, _, moved = Compose([Scale()]).apply(
+        image[0], None, wide, [{"name": "scale", "zoom": [2, 2, 2]}]
+    )
+    np.testing.assert_allclose(moved[0, 6:9], [22, 3, 20], rtol=1e-5)  # readers untouched
 
 
 def test_from_config_builds_every_transform_and_the_preset():

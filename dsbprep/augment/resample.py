@@ -153,7 +153,9 @@ def transform_boxes(boxes: np.ndarray, mapping: Mapping) -> np.ndarray:
     out = np.array(boxes, np.float32, copy=True)
     out[:, :3] = (out[:, :3] - mapping.offset) @ inverse.T
     out[:, 3:6] = out[:, 3:6] @ np.abs(inverse).T
-    out[:, 6] *= abs(np.linalg.det(inverse)) ** (1 / 3)
+    # Diameters (column 6, and 8 = diameter_axial_mm in 9-column boxes) scale with the
+    # mean magnification: the nodule covers that many more voxels of the patch.
+    out[:, 6::2][:, : 2 if out.shape[1] > 8 else 1] *= abs(np.linalg.det(inverse)) ** (1 / 3)
     return out
 
 
