@@ -145,7 +145,7 @@ def transform_boxes(boxes: np.ndarray, mapping: Mapping) -> np.ndarray:
     """Boxes (``BOX_COLUMNS``) from the input frame to the output frame of ``mapping``.
 
     Centres follow the inverse map; sizes become those of the axis-aligned box around
-    the mapped box; the diameter scales with the map's mean magnification.
+    the mapped box; the diameters scale with the map's mean magnification.
     """
     if boxes is None or not len(boxes):
         return boxes
@@ -154,8 +154,12 @@ def transform_boxes(boxes: np.ndarray, mapping: Mapping) -> np.ndarray:
     out[:, :3] = (out[:, :3] - mapping.offset) @ inverse.T
     out[:, 3:6] = out[:, 3:6] @ np.abs(inverse).T
     # Diameters (column 6, and 8 = diameter_axial_mm in 9-column boxes) scale with the
-    # mean magnification: the nodule covers that many more voxels of the patch.
-    out[:, 6::2][:, : 2 if out.shape[1] > 8 else 1] *= abs(np.linalg.det(inverse)) ** (1 / 3)
+    # mean magnification (in-plane for maps that keep z apart, as 2-D patches do).
+    if mapping.is_inplane:
+        gain = abs(np.linalg.det(inverse[1:, 1:])) ** 0.5
+    else:
+        gain = abs(np.linalg.det(inverse)) ** (1 / 3)
+    out[:, 6::2][:, : 2 if out.shape[1] > 8 else 1] *= gain
     return out
 
 
