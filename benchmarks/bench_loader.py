@@ -397,10 +397,10 @@ from dsbprep.loader import BatchLoader
 loader = BatchLoader(sys.argv[2], patch_size=(96, 96, 96), batch_size=8,
                      augment=Compose([Flip(), Rot90()]), seed=int(sys.argv[4]), epochs=None)
 it = iter(loader); next(it)
-done, start = 0, time.perf_counter()
+done, start, cpu = 0, time.perf_counter(), time.process_time()
 while done < int(sys.argv[3]):
     done += len(next(it))
-print(done / (time.perf_counter() - start))
+print(done / (time.perf_counter() - start), (time.process_time() - cpu) / done)
 """
 
 
@@ -415,7 +415,10 @@ def run_baseline(repo: Path, path: Path, n: int, seed: int) -> Rate:
         check=True,
         env={**os.environ, "PYTHONPATH": str(repo)},
     )
-    return Rate(float(out.stdout.strip().splitlines()[-1]))
+    rate, cpu = (float(v) for v in out.stdout.strip().splitlines()[-1].split())
+    result = Rate(rate)
+    result.cpu_ms = 1e3 * cpu
+    return result
 
 
 def monai_transforms(workload: str):
