@@ -252,15 +252,7 @@ def run_torchio(folder: Path, cases, patch: int, n: int, workers: int) -> float 
         import torchio as tio
     except ImportError:
         return None
-    subjects = _nifti_subjects(folder, cases)
-    dataset = tio.SubjectsDataset(subjects, transform=tio.RandomFlip(axes=(0, 1, 2)))
-    queue = tio.Queue(
-        dataset,
-        max_length=4 * TORCHIO_SAMPLES_PER_VOLUME,
-        samples_per_volume=TORCHIO_SAMPLES_PER_VOLUME,
-        sampler=tio.data.UniformSampler(patch),
-        num_workers=workers,
-    )
+    queue = _torchio_queue(folder, cases, tio.RandomFlip(axes=(0, 1, 2)), patch, workers, 4)
     loader = torch.utils.data.DataLoader(queue, batch_size=BATCH, num_workers=0)
     # Whole queue epochs, loading included: a queue is pre-filled, so timing a few batches
     # after a warm-up would measure only the draining of patches already loaded.
@@ -520,17 +512,8 @@ def run_torchio_workload(folder: Path, cases, workload: str, n: int, workers: in
         import torchio as tio
     except ImportError:
         return None
-    subjects = _nifti_subjects(folder, cases)
-    dataset = tio.SubjectsDataset(subjects, transform=torchio_transform(workload))
-    queue = tio.Queue(
-        dataset,
-        max_length=2 * TORCHIO_SAMPLES_PER_VOLUME,
-        samples_per_volume=TORCHIO_SAMPLES_PER_VOLUME,
-        sampler=tio.data.UniformSampler(WORKLOAD_PATCH),
-        num_workers=workers,
-        shuffle_subjects=True,
-        shuffle_patches=True,
-    )
+    transform = torchio_transform(workload)
+    queue = _torchio_queue(folder, cases, transform, WORKLOAD_PATCH, workers, 2)
     loader = torch.utils.data.DataLoader(queue, batch_size=BATCH, num_workers=0)
     done, start = 0, time.perf_counter()
     while done < n:  # whole queue refills included (timing only a drain would flatter it)
@@ -539,6 +522,22 @@ def run_torchio_workload(folder: Path, cases, workload: str, n: int, workers: in
             if done >= n:
                 break
     return rate_of(done, time.perf_counter() - start, None)
+
+
+def _torchio_queue(folder, cases, transform, patch, workers, volumes):
+    """A TorchIO Queue over the cases as NIfTI files, ``volumes`` volumes of patches long."""
+    import torchio as tio
+
+    dataset = tio.SubjectsDataset(_nifti_subjects(folder, cases), transform=transform)
+    return tio.Queue(
+        dataset,
+        max_length=volumes * TORCHIO_SAMPLES_PER_VOLUME,
+        samples_per_volume=TORCHIO_SAMPLES_PER_VOLUME,
+        sampler=tio.data.UniformSampler(patch),
+        num_workers=workers,
+        shuffle_subjects=True,
+        shuffle_patches=True,
+    )
 
 
 def _nifti_subjects(folder: Path, cases):
