@@ -46,12 +46,14 @@ import numpy as np
 
 from .augment import Compose
 from .augment import from_config as augment_from_config
+from .augment.resample import transform_boxes
 from .patches import CaseInfo, Sampler, SliceSampler, make_sampler
 from .store import DEFAULT_CACHE_BYTES, DEFAULT_CACHE_SLOTS, SPLITS, DsbDataset, open_dataset
 
 __all__ = [
     "Batch",
     "BatchLoader",
+    "collate",
     "DEFAULT_PATCH_SIZE",
     "Sample",
     "epoch_order",
@@ -167,6 +169,35 @@ class Batch:
         return len(self.indices)
 
 
+def _check_arguments(batch_size: int, epochs: int | None, dtype: str) -> None:
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if epochs is not None and int(epochs) < 0:
+        raise ValueError(f"epochs must be >= 0 or None, got {epochs}")
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
+
+
+def _check_drop_last(n: int, batch_size: int, drop_last: bool, path: str) -> None:
+    """ValueError when ``drop_last`` would drop every batch (epochs=None then never yields)."""
+    if drop_last and n < batch_size:
+        raise ValueError(
+            f"{path}: drop_last=True with {n} selected cases and batch_size={batch_size} "
+            "would drop every batch; lower batch_size or set drop_last=False"
+        )
+
+
+def _selected(splits: np.ndarray, split: Any, path: str) -> np.ndarray:
+    """Positions of the cases in ``split`` (all when None); ValueError when none."""
+    codes = _split_codes(split)
+    selected = (
+        np.arange(len(splits)) if codes is None else np.flatnonzero(np.isin(splits, sorted(codes)))
+    )
+    if len(selected) == 0:
+        raise ValueError(f"{path}: no case selected (split={split!r}, {len(splits)} cases)")
+    return selected.astype(np.int64)
+
+
 def _split_codes(split: Any) -> set[int] | None:
     if split is None or split == "":
         return None
@@ -189,9 +220,10 @@ class BatchLoader:
     ----------
     path : str or Path
         The dataset file.
-    patch_size : sequence of int, optional
-        (z, y, x) for 3-D patches, or (y, x) for 2-D ones. Default: ``DEFAULT_PATCH_SIZE``
-        for volume files, the whole (padded) slice for 2-D files.
+    patch_size : int or sequence of int, optional
+        (z, y, x) for 3-D patches, or (y, x) for 2-D ones; one int is a cube (a square
+        for 2-D files), as in MONAI and TorchIO. Default: ``DEFAULT_PATCH_SIZE`` for
+        volume files, the whole (padded) slice for 2-D files.
     batch_size : int
         Patches per batch (the last batch of an epoch may be smaller).
     sampler : str or Sampler
@@ -212,7 +244,9 @@ class BatchLoader:
     dtype : {"float32", "float16", "image"}
         Dtype of ``Batch.images`` ("image" = the file's dtype, e.g. uint8). Values are not rescaled.
     drop_last : bool
-        Drop an epoch's last, smaller batch.
+        Drop an epoch's last, smaller batch. With fewer selected cases than
+        ``batch_size`` every batch would be dropped: that raises ValueError (batches
+        never span epochs, so ``epoch`` and ``number`` always name one epoch's batch).
     sampler_options : dict, optional
         Keyword arguments for a sampler given by name (``positive_fraction``, ``labels``, ...).
     cache_bytes, cache_slots : int
@@ -222,7 +256,8 @@ class BatchLoader:
     ------
     ValueError
         Bad sizes, an unknown split or sampler, a rot90 augmentation with a non-square
-        in-plane patch, or no case selected.
+        in-plane patch, no case selected, or ``drop_last`` with fewer cases than
+        ``batch_size``.
 
     Examples
     --------
@@ -258,12 +293,7 @@ class BatchLoader:
         cache_slots: int = DEFAULT_CACHE_SLOTS,
     ) -> None:
         self.path = os.fspath(path)
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if epochs is not None and int(epochs) < 0:
-            raise ValueError(f"epochs must be >= 0 or None, got {epochs}")
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
+        _check_arguments(batch_size, epochs, dtype)
         self.batch_size = int(batch_size)
         self.epochs = None if epochs is None else int(epochs)
         self.shuffle = bool(shuffle)
@@ -288,46 +318,19 @@ class BatchLoader:
             splits = ds.column("split").astype(np.int64)
             self.file_inplane = ds.image_shape[1:]
             self.image_dtype = ds.image_dtype
-        codes = _split_codes(split)
-        selected = (
-            np.arange(len(self.case_ids))
-            if codes is None
-            else np.flatnonzero(np.isin(splits, sorted(codes)))
-        )
-        if len(selected) == 0:
-            raise ValueError(
-                f"{self.path}: no case selected (split={split!r}, {len(self.case_ids)} cases)"
-            )
-        self.indices = selected.astype(np.int64)
-
+        self.indices = _selected(splits, split, self.path)
+        _check_drop_last(len(self.indices), self.batch_size, self.drop_last, self.path)
         if sampler == "auto":
             sampler = "slices" if self.kind == "slices" else "uniform"
         self.sampler = make_sampler(sampler, **(sampler_options or {}))
         two_d = self.kind == "slices" or isinstance(self.sampler, SliceSampler)
-        if patch_size is None:
-            patch_size = self.file_inplane if two_d else DEFAULT_PATCH_SIZE
-        patch = tuple(int(s) for s in patch_size)
-        if len(patch) == 2:
-            two_d = True
-            patch = (1, *patch)
-        if len(patch) != 3 or min(patch) < 1:
-            raise ValueError(f"patch_size must be 2 or 3 positive ints, got {tuple(patch_size)}")
-        if two_d and patch[0] != 1:
-            raise ValueError(
-                f"{self.path}: 2-D patches need patch_size (y, x) or (1, y, x), got {patch}"
-            )
-        self.two_d = two_d
+        self.two_d, patch = _resolve_patch(patch_size, two_d, self.file_inplane, self.path)
         self.patch3 = np.asarray(patch, np.int64)
-        self.patch_size = patch[1:] if two_d else patch
+        self.patch_size = patch[1:] if self.two_d else patch
         if self.augment is not None and self.augment.swaps_axes and patch[1] != patch[2]:
             raise ValueError(
                 f"rot90 augmentation needs a square in-plane patch, got {self.patch_size}"
             )
-        self._context = (
-            self.augment.context(patch) if self.augment is not None else np.zeros(3, int)
-        ).astype(np.int64)
-        if two_d:
-            self._context[0] = 0
         out_dtype = self.image_dtype if dtype == "image" else np.dtype(dtype)
         self.dtype = np.dtype(out_dtype)
 
@@ -354,28 +357,8 @@ class BatchLoader:
         """
         self._dataset()
         images, masks = self._h5
-        shape = self.shapes[index]
-        lo = np.clip(start, 0, shape)
-        hi = np.clip(start + size, 0, shape)
-        size_t = tuple(int(s) for s in size)
         z0 = int(self._z0[index])
-        inside = bool(np.all(lo == start) and np.all(hi == start + size))
-        src = (
-            slice(z0 + int(lo[0]), z0 + int(hi[0])),
-            slice(int(lo[1]), int(hi[1])),
-            slice(int(lo[2]), int(hi[2])),
-        )
-        if inside:
-            return images[src], masks[src]
-        image = np.full(size_t, self.pad_value, dtype=images.dtype)
-        mask = np.zeros(size_t, np.uint8)
-        if np.all(hi > lo):
-            dst = tuple(
-                slice(int(a - s), int(b - s)) for a, b, s in zip(lo, hi, start, strict=True)
-            )
-            image[dst] = images[src]
-            mask[dst] = masks[src]
-        return image, mask
+        return _read_box(images, masks, z0, self.shapes[index], start, size, self.pad_value)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -463,35 +446,34 @@ class BatchLoader:
         return self.load(index, origin, params, epoch=epoch)
 
     def load(
-        self, index: int, origin: Sequence[int], params: list[dict[str, Any]], *, epoch: int = -1
+        self,
+        index: int,
+        origin: Sequence[int],
+        params: list[dict[str, Any]],
+        *,
+        epoch: int = -1,
+        out: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> Sample:
-        """Read the patch of case ``index`` at ``origin`` and apply recorded ``params``."""
+        """Read the patch of case ``index`` at ``origin`` and apply recorded ``params``: the
+        box the composed map reads, resampled once (:meth:`dsbprep.augment.Compose.render`),
+        into ``out`` (a batch's image and mask rows) where it can."""
         index = int(index)
         origin = np.asarray(origin, np.int64)
-        start = origin - self._context
-        size = self.patch3 + 2 * self._context
-        image, mask = self.read_region(index, start, size)
-        info = self.case_info(index)
-        boxes = info.boxes.copy()
-        boxes[:, :3] -= start
+        boxes = self.case_info(index).boxes.copy()
+        boxes[:, :3] -= origin
+        if self.augment is None:
+            image, mask = self.read_region(index, origin, self.patch3)
+        else:
+            mapping, lo, hi = self.augment.plan(params, self.patch3, 2 if self.two_d else 3)
+            image, mask = self.read_region(index, origin + lo, hi - lo)
+            rows = None if out is None else tuple(a.reshape(self.patch3) for a in out)
+            image, mask = self.augment.render(
+                image, mask, mapping.shifted(lo), self.patch3, params, self.dtype, rows
+            )
+            boxes = transform_boxes(boxes, mapping)
         if self.two_d:
             image, mask = image[0], mask[0]
-        if self.augment is not None:
-            image, mask, boxes = self.augment.apply(
-                image, mask, boxes, params, pad_value=self.pad_value
-            )
-        if self._context.any():
-            ctx = self._context[-image.ndim :]
-            crop = tuple(
-                slice(c, c + p) for c, p in zip(ctx, self.patch3[-image.ndim :], strict=True)
-            )
-            image, mask = image[crop], mask[crop]
-            boxes[:, :3] -= self._context
-        if len(boxes):
-            dims = slice(3 - image.ndim, 3)
-            centre = boxes[:, dims]
-            inside = np.all((centre >= -0.5) & (centre <= np.asarray(image.shape) - 0.5), axis=1)
-            boxes = boxes[inside]
+        boxes = _boxes_inside(boxes, image.shape)
         return Sample(image, mask, boxes, origin, params, index, epoch, self.case_ids[index])
 
     def batch_shape(self, n: int) -> tuple[int, ...]:
@@ -506,45 +488,10 @@ class BatchLoader:
         number: int = 0,
         out: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> Batch:
-        """Stack samples into a :class:`Batch` (images converted to ``dtype``).
-
-        ``out`` = (images, masks) arrays of :meth:`batch_shape` to fill instead of new
-        ones (e.g. shared memory that a worker process hands over without a copy).
-        """
+        """Stack samples into a :class:`Batch` (images converted to ``dtype``) in ``out`` =
+        (images, masks) of :meth:`batch_shape` if given (e.g. a worker's shared memory)."""
         shape = self.batch_shape(len(samples))
-        if out is None:
-            images, masks = np.empty(shape, self.dtype), np.empty(shape, np.uint8)
-        else:
-            images, masks = out
-            if (
-                images.shape != shape
-                or masks.shape != shape
-                or images.dtype != self.dtype
-                or masks.dtype != np.uint8
-            ):
-                raise ValueError(
-                    f"out arrays must be {shape} {self.dtype} and uint8, got "
-                    f"{images.shape} {images.dtype} and {masks.shape} {masks.dtype}"
-                )
-        scratch: dict[Any, np.ndarray] = {}
-        for b, s in enumerate(samples):
-            if self.channels_last:
-                _copy_into(images[b, ..., 0], s.image, scratch)
-                masks[b, ..., 0] = s.mask
-            else:
-                _copy_into(images[b, 0], s.image, scratch)
-                masks[b, 0] = s.mask
-        return Batch(
-            images=images,
-            masks=masks,
-            case_ids=[s.case_id for s in samples],
-            indices=np.array([s.index for s in samples], np.int64),
-            origins=np.array([s.origin for s in samples], np.int64).reshape(-1, 3),
-            boxes=[s.boxes for s in samples],
-            params=[s.params for s in samples],
-            epoch=samples[0].epoch if samples else 0,
-            number=number,
-        )
+        return collate(samples, shape, self.dtype, self.channels_last, number=number, out=out)
 
     def load_batch(
         self,
@@ -555,7 +502,8 @@ class BatchLoader:
         out: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> Batch:
         """The batch of cases ``indices`` in ``epoch`` (``out``: see :meth:`collate`)."""
-        return self.collate([self.sample(epoch, int(i)) for i in indices], number=number, out=out)
+        samples, out = _load_into(self, indices, epoch, out)
+        return self.collate(samples, number=number, out=out)
 
     def replay(self, batch: Batch) -> Batch:
         """Rebuild ``batch`` from its recorded indices, origins and parameters."""
@@ -564,6 +512,131 @@ class BatchLoader:
             for i, o, p in zip(batch.indices, batch.origins, batch.params, strict=True)
         ]
         return self.collate(samples, number=batch.number)
+
+
+def _resolve_patch(
+    patch_size: int | Sequence[int] | None,
+    two_d: bool,
+    file_inplane: tuple[int, ...],
+    path: str,
+) -> tuple[bool, tuple[int, int, int]]:
+    """``(two_d, (z, y, x))`` of a patch-size argument: an int is a cube (2-D: a square)."""
+    if patch_size is None:
+        patch_size = file_inplane if two_d else DEFAULT_PATCH_SIZE
+    if isinstance(patch_size, int | np.integer):
+        patch_size = (int(patch_size),) * (2 if two_d else 3)
+    patch = tuple(int(s) for s in patch_size)
+    if len(patch) == 2:
+        two_d = True
+        patch = (1, *patch)
+    if len(patch) != 3 or min(patch) < 1:
+        raise ValueError(f"patch_size must be 2 or 3 positive ints, got {tuple(patch_size)}")
+    if two_d and patch[0] != 1:
+        raise ValueError(f"{path}: 2-D patches need patch_size (y, x) or (1, y, x), got {patch}")
+    return two_d, patch
+
+
+def _read_box(images, masks, z0: int, shape: np.ndarray, start, size, pad_value):
+    """Image and mask box ``[start, start + size)`` of the case stored from row ``z0``.
+
+    Parts outside the case (``shape``) get ``pad_value`` (image) and 0 (mask).
+    """
+    start, size = np.asarray(start, np.int64), np.asarray(size, np.int64)
+    lo = np.clip(start, 0, shape)
+    hi = np.clip(start + size, 0, shape)
+    src = (
+        slice(z0 + int(lo[0]), z0 + int(hi[0])),
+        slice(int(lo[1]), int(hi[1])),
+        slice(int(lo[2]), int(hi[2])),
+    )
+    if np.all(lo == start) and np.all(hi == start + size):
+        return images[src], masks[src]
+    image = np.full(tuple(int(s) for s in size), pad_value, dtype=images.dtype)
+    mask = np.zeros(image.shape, np.uint8)
+    if np.all(hi > lo):
+        dst = tuple(slice(int(a - s), int(b - s)) for a, b, s in zip(lo, hi, start, strict=True))
+        image[dst] = images[src]
+        mask[dst] = masks[src]
+    return image, mask
+
+
+def _boxes_inside(boxes: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The boxes whose centre lies inside a patch of ``shape`` (2-D: the y, x columns)."""
+    if not len(boxes):
+        return boxes
+    centre = boxes[:, 3 - len(shape) : 3]
+    inside = np.all((centre >= -0.5) & (centre <= np.asarray(shape) - 0.5), axis=1)
+    return boxes[inside]
+
+
+def collate(
+    samples: Sequence[Sample],
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    channels_last: bool,
+    *,
+    number: int = 0,
+    out: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Batch:
+    """Stack samples into a :class:`Batch` of ``shape`` (images converted to ``dtype``)."""
+    if out is None:
+        images, masks = np.empty(shape, dtype), np.empty(shape, np.uint8)
+    else:
+        images, masks = out
+        if images.shape != shape or masks.shape != shape or images.dtype != dtype:
+            raise ValueError(
+                f"out arrays must be {shape} {dtype} and uint8, got "
+                f"{images.shape} {images.dtype} and {masks.shape} {masks.dtype}"
+            )
+        if masks.dtype != np.uint8:
+            raise ValueError(f"out masks must be uint8, got {masks.dtype}")
+    scratch: dict[Any, np.ndarray] = {}
+    for b, s in enumerate(samples):
+        target = (
+            (images[b, ..., 0], masks[b, ..., 0]) if channels_last else (images[b, 0], masks[b, 0])
+        )
+        if not _same_memory(target[0], s.image):
+            _copy_into(target[0], s.image, scratch)
+        if not _same_memory(target[1], s.mask):
+            target[1][...] = s.mask
+    return Batch(
+        images=images,
+        masks=masks,
+        case_ids=[s.case_id for s in samples],
+        indices=np.array([s.index for s in samples], np.int64),
+        origins=np.array([s.origin for s in samples], np.int64).reshape(-1, 3),
+        boxes=[s.boxes for s in samples],
+        params=[s.params for s in samples],
+        epoch=samples[0].epoch if samples else 0,
+        number=number,
+    )
+
+
+def _load_into(loader: BatchLoader, indices: Sequence[int], epoch: int, out):
+    """The samples of ``indices`` resampled straight into the rows of ``out`` (new arrays
+    when None) where possible, and ``out``."""
+    shape = loader.batch_shape(len(indices))
+    if out is None:
+        out = (np.empty(shape, loader.dtype), np.empty(shape, np.uint8))
+    if loader.channels_last or out[0].shape != shape or out[1].shape != shape:
+        rows = [None] * len(indices)
+    else:
+        rows = list(zip(out[0][:, 0], out[1][:, 0], strict=True))
+    samples = []
+    for i, row in zip(indices, rows, strict=True):
+        origin, params = loader.draw(epoch, int(i))
+        samples.append(loader.load(int(i), origin, params, epoch=epoch, out=row))
+    return samples, out
+
+
+def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:
+    """True when ``b`` is ``a``'s memory with ``a``'s layout (a sample resampled in place)."""
+    return (
+        a.shape == b.shape
+        and a.dtype == b.dtype
+        and a.strides == b.strides
+        and a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+    )
 
 
 def _copy_into(dst: np.ndarray, src: np.ndarray, scratch: dict[Any, np.ndarray]) -> None:
@@ -619,7 +692,10 @@ def loader_from_config(path: str | os.PathLike, config: Any, **overrides: Any) -
     params.update({k: v for k, v in overrides.items() if v is not None})
     split = params.get("split") or None
     patch = params.get("patch_size")
-    patch = None if patch in (None, "") else tuple(np.atleast_1d(patch).tolist())
+    if patch not in (None, ""):
+        patch = int(patch) if isinstance(patch, int) else tuple(np.atleast_1d(patch).tolist())
+    else:
+        patch = None
     with open_dataset(path, cache_bytes=_MIB, cache_slots=521) as ds:
         if ds.kind == "slices":
             patch = None  # a 2-D file: whole slices, whatever the 3-D patch size says

@@ -141,7 +141,7 @@ def test_invalid_settings():
     with pytest.raises(ValueError, match="probability"):
         Flip(p=1.5)
     with pytest.raises(ValueError, match="max_degrees"):
-        Rotate(max_degrees=60)
+        Rotate(max_degrees=200)
 
 
 def test_from_config():

@@ -587,3 +587,54 @@ def test_iteration_reuses_only_batch_arrays_nobody_holds(lung_file):
             assert np.array_equal(obj.images, want[k].images)
             assert np.array_equal(obj.masks, want[k].masks)
     assert len(set(addresses)) < len(addresses)  # dropped batches' arrays were refilled
+
+
+# -- issue 13: int patch sizes, drop_last, new transforms across processes --------------
+
+
+def test_int_patch_size_is_a_cube_or_a_square(lung_file, slice_file):
+    path, _ = lung_file
+    loader = BatchLoader(path, patch_size=24, batch_size=2, epochs=1)
+    assert loader.patch_size == (24, 24, 24)
+    assert next(iter(loader)).images.shape == (2, 1, 24, 24, 24)
+    square = BatchLoader(slice_file, patch_size=64, batch_size=2, epochs=1)
+    assert square.patch_size == (64, 64)
+    assert next(iter(square)).images.shape == (2, 1, 64, 64)
+
+
+def test_drop_last_with_fewer_cases_than_the_batch_raises(lung_file):
+    path, _ = lung_file
+    with pytest.raises(ValueError, match="drop every batch"):
+        BatchLoader(path, patch_size=16, batch_size=8, drop_last=True, epochs=None)
+    with pytest.raises(ValueError, match="drop every batch"):
+        BatchLoader(path, patch_size=16, batch_size=3, drop_last=True, split="val")
+    ok = BatchLoader(path, patch_size=16, batch_size=5, drop_last=True, epochs=None)
+    assert len(next(iter(ok))) == 5
+
+
+def test_preset_batches_replay_and_agree_across_processes(lung_file):
+    from dsbprep.augment import nnunet_preset
+
+    path, _ = lung_file
+    kwargs = {"patch_size": 24, "batch_size": 5, "augment": nnunet_preset(), "seed": 4}
+    loader = BatchLoader(path, epochs=3, **kwargs)
+    batches = list(loader)
+    again = list(BatchLoader(path, epochs=3, **kwargs))
+    names = set()
+    for a, b in zip(batches, again, strict=True):
+        assert np.array_equal(a.images, b.images) and np.array_equal(a.masks, b.masks)
+        replayed = loader.replay(a)
+        assert np.array_equal(replayed.images, a.images)
+        assert np.array_equal(replayed.masks, a.masks)
+        for params in a.params:
+            names |= {"rotate"} if params[0]["degrees"] != 0 else set()
+            names |= {"scale"} if params[1]["zoom"][0] != 1 else set()
+    assert {"rotate", "scale"} <= names  # resampled draws were among them
+    keys = [(e, int(i)) for e in range(3) for i in loader.indices]
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        results = pool.map(_worker_samples, [(loader, keys[0::2]), (loader, keys[1::2])])
+    got = dict(zip(keys[0::2] + keys[1::2], results[0] + results[1], strict=True))
+    for b in batches:
+        for i, image, mask in zip(b.indices, b.images, b.masks, strict=True):
+            assert np.array_equal(got[(b.epoch, int(i))][0], image[0])
+            assert np.array_equal(got[(b.epoch, int(i))][1], mask[0])
