@@ -659,6 +659,6 @@ def test_verify_a_real_lung_build_and_detect_a_flipped_voxel(cohort, tmp_path, c
     printed = capsys.readouterr().out
     assert "case 'case2': checksum" in printed and "case 'case0'" not in printed
     with h5py.File(out, "a") as f:
-        f.attrs["format_version"] = "2.0"
+        f.attrs["format_version"] = "3.0"  # issue 15: the format is 2.0 now
     assert verify_main([str(out)]) == 2
-    assert "format version 2.0 by a newer dsbprep" in capsys.readouterr().err
+    assert "format version 3.0 by a newer dsbprep" in capsys.readouterr().err
