@@ -3,7 +3,8 @@
 Every file is made by the test. Decompression bombs are built by repeating one compressed
 block (deflate: full-flush pieces; bzip2: one 46 MB block of zeros, bit-copied), so a
 1-2 MB file inflating to 2 GiB costs a second to make. Each bomb is read in a fresh
-Python process that prints its own peak memory (``ru_maxrss``): it must stay under 1 GB.
+Python process that prints its own peak memory (``VmHWM``; ``ru_maxrss`` would carry over
+the forking pytest process's peak through exec): it must stay under 1 GB.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def run_measured(code: str) -> dict:
     """Run ``code`` (which sets ``result``, a dict) in a fresh process; add its peak RSS."""
     script = (
         "import json, resource\n" + code +
-        "\nresult['max_rss'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
+        "\nresult['max_rss'] = int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM:')).split()[1]) * 1024\n"
         "print(json.dumps(result))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}

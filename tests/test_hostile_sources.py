@@ -165,13 +165,17 @@ def write_deflate_bomb(path, patient_id="BOMB", inflated=BOMB_INFLATED_BYTES):
 
 
 def _peak_rss_of(code: str) -> tuple[int, str]:
-    """Run ``code`` in a fresh Python; return (its peak RSS in bytes, its stderr)."""
+    """Run ``code`` in a fresh Python; return (its peak RSS in bytes, its stderr).
+
+    The peak is the process's own ``VmHWM``: Linux folds the forking parent's peak into
+    ``ru_maxrss`` at exec, so a large pytest process would show through it.
+    """
     import subprocess
     import sys
 
     probe = (
         "import resource, sys\n" + code +
-        "\nprint(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, file=sys.stderr)\n"
+        "\nprint(int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM:')).split()[1]) * 1024, file=sys.stderr)\n"
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
