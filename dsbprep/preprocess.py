@@ -29,9 +29,11 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
+from .defaults import PREPROCESS
 from .geometry import bounding_box
 
 __all__ = [
+    "CONFIG_DEFAULTS",
     "PREPROCESS_DEFAULTS",
     "TrainingVolume",
     "convex_hull_2d",
@@ -45,16 +47,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Defaults of ``[preprocess]`` in config.ini (grt123's values).
-PREPROCESS_DEFAULTS = {
-    "target_spacing": (1.0, 1.0, 1.0),  # mm (z, y, x); grt123 uses 1 mm, seed 000 uses 2 mm
-    "window": (-1200.0, 600.0),  # HU mapped to 0 and 255
-    "pad_value": 170,  # uint8 value outside the dilated lungs (grt123: soft-tissue grey)
-    "bone_threshold": 210,  # uint8 level above which the dilated margin counts as bone
-    "dilation_iterations": 10,  # voxel steps of the 6-connected dilation of the lung hulls
-    "hull_max_area_ratio": 2.0,  # keep a slice's convex hull only if area(hull) <= ratio * area(mask)
-    "margin": 5,  # voxels of the target grid added below the lung box (2x above, as grt123)
-}
+#: Keyword -> default of :func:`prepare_lung_volume` (``[preprocess]`` in config.ini,
+#: grt123's values), written once in :mod:`dsbprep.defaults`.
+CONFIG_DEFAULTS: dict[str, object] = PREPROCESS
+#: The former name of ``CONFIG_DEFAULTS``.
+PREPROCESS_DEFAULTS = CONFIG_DEFAULTS
 
 
 @dataclass(frozen=True)
@@ -421,13 +418,13 @@ def prepare_lung_volume(
     left: np.ndarray,
     right: np.ndarray,
     *,
-    target_spacing: tuple[float, float, float] = PREPROCESS_DEFAULTS["target_spacing"],
-    window: tuple[float, float] = PREPROCESS_DEFAULTS["window"],
-    pad_value: int = PREPROCESS_DEFAULTS["pad_value"],
-    bone_threshold: int = PREPROCESS_DEFAULTS["bone_threshold"],
-    dilation_iterations: int = PREPROCESS_DEFAULTS["dilation_iterations"],
-    hull_max_area_ratio: float = PREPROCESS_DEFAULTS["hull_max_area_ratio"],
-    margin: int = PREPROCESS_DEFAULTS["margin"],
+    target_spacing: tuple[float, float, float] = CONFIG_DEFAULTS["target_spacing"],
+    window: tuple[float, float] = CONFIG_DEFAULTS["window"],
+    pad_value: int = CONFIG_DEFAULTS["pad_value"],
+    bone_threshold: int = CONFIG_DEFAULTS["bone_threshold"],
+    dilation_iterations: int = CONFIG_DEFAULTS["dilation_iterations"],
+    hull_max_area_ratio: float = CONFIG_DEFAULTS["hull_max_area_ratio"],
+    margin: int = CONFIG_DEFAULTS["margin"],
 ) -> TrainingVolume:
     """grt123's training volume from HU and the two lung masks.
 
@@ -441,7 +438,7 @@ def prepare_lung_volume(
         Lung masks (at least one voxel in their union).
     target_spacing, window, pad_value, bone_threshold, dilation_iterations,
     hull_max_area_ratio, margin
-        See ``PREPROCESS_DEFAULTS``.
+        See ``CONFIG_DEFAULTS``.
 
     Returns
     -------

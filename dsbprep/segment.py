@@ -284,9 +284,11 @@ pathology_wall_mm, pathology_max_hu
             hu, spacing, direction, params, run=_runner(pool, n_workers), timer=timer
         )
     if method == "robust" and found > 0:
-        from .segment_robust import ROBUST_DEFAULTS, refine_masks
+        from .segment_robust import ROBUST_DEFAULTS, one_side, refine_masks
 
         with timer("robust"):
+            if found == 2 and (side := one_side(left, right, spacing, direction)):
+                left, right, found, reason = side
             left, right, info = refine_masks(
                 hu, spacing, left, right, **{k: params[k] for k in ROBUST_DEFAULTS}
             )

@@ -39,45 +39,29 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
 from scipy.spatial import ConvexHull, QhullError
 
+from .defaults import SEGMENTATION
 from .geometry import bounding_box
 
-__all__ = ["ROBUST_DEFAULTS", "find_airways", "fill_pathology", "refine_masks"]
+__all__ = ["ROBUST_DEFAULTS", "fill_pathology", "find_airways", "one_side", "refine_masks"]
 
 logger = logging.getLogger(__name__)
 
-# --- defaults (keywords of segment_lungs, [segmentation] in config.ini) ----------------------
-# A trachea seed is air below this HU (air -1000; lumen at 4 mm voxels still < -950 in its core).
-AIRWAY_SEED_HU = -900.0
-# One threshold step that grows the airway by more than this (mL) has leaked into the lung:
-# trachea + main + lobar bronchi of an adult hold 30-80 mL, a step of 15 HU adds < 10 mL.
-AIRWAY_LEAK_ML = 20.0
-# The removed airway: lumen grown by this much (mm) - the wall and the partial-volume rim.
-AIRWAY_MARGIN_MM = 3.0
-# Gaps of one lung along z (cranio-caudal) up to this length (mm) are lung with pathology.
-PATHOLOGY_GAP_MM = 50.0
-# Radius (mm) of the ball of the 3-D closing that recovers lesions where z-gaps cannot.
-PATHOLOGY_CLOSING_MM = 10.0
-# Voxels above this HU (bone, contrast-enhanced blood) are never added (consolidation,
-# tumour and nodules are -100..+100 HU).
-PATHOLOGY_MAX_HU = 150.0
-# ... and only within this in-plane distance (mm) of the thoracic outline (the convex hull of
-# both lungs over a z-window of pathology_gap_mm): the hila and the heart lie deeper.
-PATHOLOGY_WALL_MM = 30.0
-
+#: Keyword -> default of :func:`refine_masks` (``segment_lungs`` keywords, ``[segmentation]``
+#: in config.ini; written once, with their reasons, in :mod:`dsbprep.defaults`).
 ROBUST_DEFAULTS: dict[str, float] = {
-    "airway_seed_hu": AIRWAY_SEED_HU,
-    "airway_leak_ml": AIRWAY_LEAK_ML,
-    "airway_margin_mm": AIRWAY_MARGIN_MM,
-    "pathology_gap_mm": PATHOLOGY_GAP_MM,
-    "pathology_closing_mm": PATHOLOGY_CLOSING_MM,
-    "pathology_max_hu": PATHOLOGY_MAX_HU,
-    "pathology_wall_mm": PATHOLOGY_WALL_MM,
+    key: float(SEGMENTATION[key])  # type: ignore[arg-type]
+    for key in (
+        "airway_seed_hu", "airway_leak_ml", "airway_margin_mm",
+        "pathology_gap_mm", "pathology_wall_mm", "pathology_max_hu",
+    )
 }
+_R = ROBUST_DEFAULTS
 
 # --- implementation constants ----------------------------------------------------------------
 # Trachea cross-section (mm^2): 10 to 32 mm across (adult trachea 13-25 mm, CT blur included).
@@ -120,13 +104,12 @@ def refine_masks(
     left: np.ndarray,
     right: np.ndarray,
     *,
-    airway_seed_hu: float = AIRWAY_SEED_HU,
-    airway_leak_ml: float = AIRWAY_LEAK_ML,
-    airway_margin_mm: float = AIRWAY_MARGIN_MM,
-    pathology_gap_mm: float = PATHOLOGY_GAP_MM,
-    pathology_closing_mm: float = PATHOLOGY_CLOSING_MM,
-    pathology_max_hu: float = PATHOLOGY_MAX_HU,
-    pathology_wall_mm: float = PATHOLOGY_WALL_MM,
+    airway_seed_hu: float = _R["airway_seed_hu"],
+    airway_leak_ml: float = _R["airway_leak_ml"],
+    airway_margin_mm: float = _R["airway_margin_mm"],
+    pathology_gap_mm: float = _R["pathology_gap_mm"],
+    pathology_max_hu: float = _R["pathology_max_hu"],
+    pathology_wall_mm: float = _R["pathology_wall_mm"],
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Remove the airways from grt123's lung masks and add the pathology they cut out.
 
@@ -139,8 +122,8 @@ def refine_masks(
     left, right : numpy.ndarray
         bool (z, y, x): grt123's masks of the patient's left and right lung (one may be
         empty).
-    airway_seed_hu, airway_leak_ml, airway_margin_mm, pathology_gap_mm,
-    pathology_closing_mm, pathology_max_hu : float
+    airway_seed_hu, airway_leak_ml, airway_margin_mm, pathology_gap_mm, pathology_max_hu, \
+pathology_wall_mm : float
         See the module docstring (defaults in ``ROBUST_DEFAULTS``).
 
     Returns
@@ -158,7 +141,7 @@ def refine_masks(
     if not union.any():
         return left, right, dict(info, airways=0.0, pathology=0.0)
     voxel_ml = float(np.prod(spacing)) / _ML
-    pad = np.ceil(max(pathology_closing_mm, airway_margin_mm) / spacing).astype(int) + 2
+    pad = np.ceil(airway_margin_mm / spacing).astype(int) + 2
     box = tuple(
         slice(max(0, b.start - p), min(n, b.stop + p))
         for b, p, n in zip(bounding_box(union), pad, union.shape, strict=True)
@@ -181,12 +164,32 @@ def refine_masks(
     before = np.count_nonzero(sub_l) + np.count_nonzero(sub_r)
     new_l, new_r = fill_pathology(
         sub_hu, spacing, sub_l, sub_r, (sub_hu <= pathology_max_hu) & ~removed,
-        gap_mm=pathology_gap_mm, closing_mm=pathology_closing_mm, wall_mm=pathology_wall_mm,
+        gap_mm=pathology_gap_mm, wall_mm=pathology_wall_mm,
     )
     info["pathology_ml"] = (np.count_nonzero(new_l) + np.count_nonzero(new_r) - before) * voxel_ml
     left[box], right[box] = new_l, new_r
     info["pathology"] = time.perf_counter() - t
     return left, right, info
+
+
+def one_side(left: np.ndarray, right: np.ndarray, spacing, direction):
+    """grt123's two "lungs" when both lie on one side of the body, merged; else None.
+
+    With one lung collapsed (solid), grt123 still splits the other into two parts; both
+    then lie on one side of the volume's centre (world x). Returns ``(left, right, 1,
+    reason)`` with the merged mask on that side.
+    """
+    spacing = np.asarray(spacing, dtype=np.float64)
+    centre = (np.array(left.shape) - 1) / 2
+    sides = [float(np.asarray(direction)[2] @ ((np.argwhere(m).mean(axis=0) - centre) * spacing))
+             for m in (left, right)]
+    if (sides[0] > 0) != (sides[1] > 0):
+        return None
+    merged = left | right
+    empty = np.zeros(left.shape, dtype=bool)
+    name = "left" if sides[0] > 0 else "right"
+    reason = f"one lung: both parts grt123 split lie on the patient's {name}"
+    return (merged, empty, 1, reason) if sides[0] > 0 else (empty, merged, 1, reason)
 
 
 # =============================================================================================
@@ -199,8 +202,8 @@ def find_airways(
     spacing,
     lungs: np.ndarray,
     *,
-    seed_hu: float = AIRWAY_SEED_HU,
-    leak_ml: float = AIRWAY_LEAK_ML,
+    seed_hu: float = _R["airway_seed_hu"],
+    leak_ml: float = _R["airway_leak_ml"],
 ) -> np.ndarray:
     """The airway lumen (trachea, main and lobar bronchi) as a bool (z, y, x) mask.
 
@@ -321,56 +324,63 @@ def fill_pathology(
     right: np.ndarray,
     allowed: np.ndarray,
     *,
-    gap_mm: float = PATHOLOGY_GAP_MM,
-    closing_mm: float = PATHOLOGY_CLOSING_MM,
-    wall_mm: float = PATHOLOGY_WALL_MM,
+    gap_mm: float = _R["pathology_gap_mm"],
+    wall_mm: float = _R["pathology_wall_mm"],
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Both lungs plus the voxels of ``allowed`` that close their z-gaps and small concavities
-    within ``wall_mm`` of the thoracic outline; see the module docstring.
+    """Both lungs plus the voxels of ``allowed`` that fill their z-gaps near the chest wall.
+
+    On a grid of about ``_GRID_MM`` in-plane (a block is lung, or allowed, when most of
+    its voxels are), each lung gets the blocks of ``allowed`` that lie between two of its
+    blocks of one (y, x) column at most ``gap_mm`` apart, inside its outline (the convex
+    hull of the lung over a z-window of ``gap_mm``, per slice) and within ``wall_mm`` of a
+    costal edge of that outline. Those blocks grow by ``_RIM_MM`` in-plane inside the
+    outline (the lesion's rim at the pleura), and every allowed voxel of them that is in
+    neither lung is added.
 
     Returns new bool (z, y, x) masks (left, right), disjoint.
     """
     spacing = np.asarray(spacing, dtype=np.float64)
-    union = left | right
-    if not union.any():
-        return left.copy(), right.copy()
-    pad = np.ceil(closing_mm / spacing).astype(int) + 1
-    box = tuple(
-        slice(max(0, s.start - p), min(n, s.stop + p))
-        for s, p, n in zip(bounding_box(union), pad, union.shape, strict=True)
-    )
     k = (1,) + tuple(max(1, int(round(_GRID_MM / v))) for v in spacing[1:])
-    csp = spacing * np.array(k)
-    n_gap = max(0, int(gap_mm // spacing[0]))
-    c_left, c_right = _pool_majority(left[box], k), _pool_majority(right[box], k)
-    c_ok = _pool_majority(allowed[box], k)
-    window = 2 * (n_gap // 2) + 1
-    centre = [float(np.argwhere(c.any(axis=(0, 1))).mean()) if c.any() else None for c in (c_left, c_right)]
-    ring = np.ones((1, 3, 3), dtype=bool)  # the lesions' rim, grown in-plane
-    rim = max(1, int(round(_RIM_MM / min(csp[1:]))))
+    grid = _Grid(k, spacing * np.array(k), max(0, int(gap_mm // spacing[0])), wall_mm)
+    coarse = [_pool_majority(m, k) for m in (left, right)]
+    c_ok = _pool_majority(allowed, k)
+    centre = [float(np.argwhere(c.any(axis=(0, 1))).mean()) if c.any() else None for c in coarse]
     out = []
-    for lung, other, c_lung, c_other in ((left, right, c_left, c_right), (right, left, c_right, c_left)):
-        ok = c_ok & ~c_other
-        outline = ndi.maximum_filter1d(c_lung, size=window, axis=0)
-        mine, theirs = (centre[0], centre[1]) if c_lung is c_left else (centre[1], centre[0])
-        mid = theirs if theirs is not None else (c_lung.shape[2] - 1) / 2
+    for i, (lung, other) in enumerate(((left, right), (right, left))):
+        mine, theirs = centre[i], centre[1 - i]
+        mid = theirs if theirs is not None else (lung.shape[2] / k[2] - 1) / 2
         medial = 1.0 if mine is None or mid >= mine else -1.0
-        cand = _z_gaps(c_lung, n_gap)
-        if closing_mm > 0:
-            cand |= _coarse_closing(c_lung, csp, closing_mm)
-        cand &= ok
-        cand &= _within_outline(cand, outline, csp, wall_mm, medial)
+        blocks = _pathology_blocks(coarse[i], c_ok & ~coarse[1 - i], grid, medial)
         new = lung.copy()
-        if cand.any():
-            cand = ndi.binary_dilation(cand, ring, iterations=rim) & ~c_other
-            cand &= _within_outline(cand, outline, csp, np.inf, medial)
-            fine = _unpool(cand, k, lung[box].shape)
-            new[box] |= fine & allowed[box] & ~other[box]
+        if blocks is not None:
+            new |= _unpool(blocks, k, lung.shape) & allowed & ~other
         out.append(new)
-    both = out[0] & out[1] & ~union
+    both = out[0] & out[1] & ~(left | right)
     out[0] &= ~both
     out[1] &= ~both
     return out[0], out[1]
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """The pathology grid: pooling factors, block size (mm), gap (slices), wall depth (mm)."""
+
+    k: tuple
+    spacing: np.ndarray
+    gap_slices: int
+    wall_mm: float
+
+
+def _pathology_blocks(lung: np.ndarray, ok: np.ndarray, grid: _Grid, medial: float):
+    """Blocks one lung (pooled) gets back, or None; see :func:`fill_pathology`."""
+    outline = ndi.maximum_filter1d(lung, size=2 * (grid.gap_slices // 2) + 1, axis=0)
+    cand = _z_gaps(lung, grid.gap_slices) & ok
+    cand &= _within_outline(cand, outline, grid.spacing, grid.wall_mm, medial)
+    if not cand.any():
+        return None
+    rim = max(1, int(round(_RIM_MM / min(grid.spacing[1:]))))
+    cand = ndi.binary_dilation(cand, np.ones((1, 3, 3), dtype=bool), iterations=rim, mask=ok)
+    return cand & _within_outline(cand, outline, grid.spacing, np.inf, medial)
 
 
 def _pool_majority(mask: np.ndarray, k) -> np.ndarray:
@@ -423,9 +433,3 @@ def _z_gaps(mask: np.ndarray, max_slices: int) -> np.ndarray:
     below = np.maximum.accumulate(np.where(mask, idx, -(10**6)), axis=0)
     above = np.minimum.accumulate(np.where(mask, idx, 10**6)[::-1], axis=0)[::-1]
     return ~mask & (above - below - 1 <= max_slices)
-
-
-def _coarse_closing(mask: np.ndarray, sampling, radius_mm: float) -> np.ndarray:
-    """Voxels a closing of ``mask`` with a ball of ``radius_mm`` adds (Euclidean, in mm)."""
-    dilated = ndi.distance_transform_edt(~mask, sampling=sampling) <= radius_mm
-    return (ndi.distance_transform_edt(dilated, sampling=sampling) > radius_mm) & ~mask
