@@ -111,10 +111,10 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
-from scipy.spatial import ConvexHull, cKDTree
+from scipy.spatial import cKDTree
 
 from .defaults import SEGMENTATION, SEGMENTATION_METHODS
-from .geometry import bounding_box
+from .geometry import bounding_box, convex_hull_2d, hull_vertices, points_in_hull
 
 __all__ = ["CONFIG_DEFAULTS", "LungMasks", "segment_lungs"]
 
@@ -202,75 +202,56 @@ def segment_lungs(
     hu: np.ndarray,
     spacing,
     *,
-    direction=None,
-    method: str = _D["method"],
+    direction=None, method: str = _D["method"],
     intensity_threshold_hu: float = _D["intensity_threshold_hu"],
     smoothing_sigma_px: float = _D["smoothing_sigma_px"],
     smoothing_truncate: float = _D["smoothing_truncate"],
     min_component_area_mm2: float = _D["min_component_area_mm2"],
-    max_eccentricity: float = _D["max_eccentricity"],
-    corner_patch_px: int = _D["corner_patch_px"],
+    max_eccentricity: float = _D["max_eccentricity"], corner_patch_px: int = _D["corner_patch_px"],
     lung_volume_range_l: tuple[float, float] = _D["lung_volume_range_l"],
     distance_min_slice_area_mm2: float = _D["distance_min_slice_area_mm2"],
     max_axis_distance_mm: float = _D["max_axis_distance_mm"],
-    cut_step_slices: int = _D["cut_step_slices"],
-    max_erosions: int = _D["max_erosions"],
+    cut_step_slices: int = _D["cut_step_slices"], max_erosions: int = _D["max_erosions"],
     max_lung_volume_ratio: float = _D["max_lung_volume_ratio"],
-    slice_cover_fraction: float = _D["slice_cover_fraction"],
-    threads: int = _D["threads"],
-    airway_seed_hu: float = _D["airway_seed_hu"],
-    airway_leak_ml: float = _D["airway_leak_ml"],
+    slice_cover_fraction: float = _D["slice_cover_fraction"], threads: int = _D["threads"],
+    airway_seed_hu: float = _D["airway_seed_hu"], airway_leak_ml: float = _D["airway_leak_ml"],
     airway_margin_mm: float = _D["airway_margin_mm"],
-    pathology_gap_mm: float = _D["pathology_gap_mm"],
-    pathology_wall_mm: float = _D["pathology_wall_mm"],
-    pathology_max_hu: float = _D["pathology_max_hu"],
-) -> LungMasks:
+    pathology_gap_mm: float = _D["pathology_gap_mm"], pathology_wall_mm: float = _D["pathology_wall_mm"],
+    pathology_max_hu: float = _D["pathology_max_hu"]) -> LungMasks:
     """Segment the two lungs of a chest CT the way grt123's ``step1_python`` does.
 
     Parameters
     ----------
     hu : numpy.ndarray
-        (z, y, x) volume in Hounsfield units, z ascending (int16 as from
-        :func:`dsbprep.dicom.load_scan`; any integer or float dtype is accepted).
+        (z, y, x) volume in HU, z ascending (int16 as from :func:`dsbprep.dicom.load_scan`;
+        any integer or float dtype is accepted).
     spacing : sequence of 3 float
         Voxel size (z, y, x) in mm, all > 0.
     direction : array_like (3, 3), optional
-        Column k is the world (z, y, x) unit vector of index axis k (identity by default,
-        a standard axial scan). Only used to tell the patient's left (world +x) from right.
-    method : {'grt123', 'robust'}, default 'grt123'
-        'grt123': grt123's masks, exactly. 'robust': those masks with the trachea and
-        bronchi removed and pathology at the pleura added (:mod:`dsbprep.segment_robust`).
-    intensity_threshold_hu, smoothing_sigma_px, smoothing_truncate, min_component_area_mm2, \
-max_eccentricity, corner_patch_px, lung_volume_range_l, distance_min_slice_area_mm2, \
-max_axis_distance_mm, cut_step_slices, max_erosions, max_lung_volume_ratio, \
-slice_cover_fraction
-        grt123's parameters, described in the module docstring (stages 1-6) and its
-        ``[segmentation]`` block; defaults in ``CONFIG_DEFAULTS``.
-    threads : int, default 0
-        Threads for the per-slice stages (0: one per CPU core). The result does not depend
-        on it.
-    airway_seed_hu, airway_leak_ml, airway_margin_mm, pathology_gap_mm, \
-pathology_wall_mm, pathology_max_hu
-        ``method='robust'`` only: see :func:`dsbprep.segment_robust.refine_masks`.
+        Column k: world (z, y, x) unit vector of index axis k (default identity); tells
+        the patient's left (world +x) from right.
+    method : {'grt123', 'robust'}
+        grt123's masks exactly, or those with the airways removed and pathology at the
+        pleura added (:func:`dsbprep.segment_robust.refine_masks`).
+    **thresholds
+        The other keywords: described in the module docstring's ``[segmentation]`` block,
+        defaults in ``CONFIG_DEFAULTS``. ``threads`` (0: one per core) does not change the
+        result; ``airway_*`` and ``pathology_*`` act with ``method='robust'`` only.
 
     Returns
     -------
     LungMasks
         ``left``/``right`` bool masks on the input grid, ``found`` (0, 1, 2), ``reason``,
-        the ``method`` used, and seconds per stage in ``stages``.
+        ``method``, and seconds per stage in ``stages``.
 
     Raises
     ------
-    TypeError
-        If ``hu`` is not a real numeric numpy array.
-    ValueError
-        If ``hu`` is not 3-D or empty, ``spacing`` is not 3 positive finite numbers,
-        ``direction`` is not a finite 3x3 matrix, ``method`` is unknown, or a parameter is
-        out of range.
+    TypeError, ValueError
+        ``hu`` is not a real 3-D array, or spacing, direction, method or a parameter is
+        malformed (TypeError for the array's type).
 
     Examples
     --------
-    >>> import numpy as np
     >>> masks = segment_lungs(np.full((4, 32, 32), 40, np.int16), (2.5, 0.7, 0.7))
     >>> masks.found, masks.ok, masks.reason[:29]
     (0, False, 'no air region of lung size: n')
@@ -296,9 +277,7 @@ pathology_wall_mm, pathology_max_hu
     timer.stages["total"] = time.perf_counter() - timer.start
     if found < 2:
         logger.info("lung segmentation of a %s volume: %s", hu.shape, reason)
-    return LungMasks(
-        left=left, right=right, found=found, reason=reason, stages=timer.stages, method=method
-    )
+    return LungMasks(left, right, found, reason, stages=timer.stages, method=method)
 
 
 class _Timer:
@@ -868,22 +847,7 @@ def _select_lung_components(
     out = np.zeros(air.shape, dtype=bool)
     _paint(out.reshape(-1), nx, kept_runs)
     if cut > 0:
-        # Grow the kept mask back into the cut slices: a voxel there is kept when it is air
-        # and within `cut` 6-neighbour steps of the kept mask, and connected to it.
-        lo = max(nz - 2 * cut, 0)
-        top = out.copy()
-        top[lo:] = ndi.binary_dilation(out[lo:], _CONN_6, iterations=cut)
-        top[: nz - cut] = out[: nz - cut]
-        top[nz - cut :] &= air[nz - cut :]
-        top_runs = _runs(top)
-        top_lab, n_top = _label_runs(top_runs, air.shape, _CONN_6)
-        hit = np.zeros(n_top + 1, dtype=bool)
-        hit[_labels_at(top_runs, top_lab, nx, kept_runs[0], kept_runs[1])] = True
-        hit[0] = False
-        kept_runs = _take_runs(top_runs, hit[top_lab])
-        n_kept = int(hit.sum())
-        out[:] = False
-        _paint(out.reshape(-1), nx, kept_runs)
+        kept_runs, n_kept = _regrow_cut(out, air, kept_runs, cut)
     z, y = np.divmod(kept_runs[0], ny)
     box = (
         slice(int(z.min()), int(z.max()) + 1),
@@ -891,6 +855,29 @@ def _select_lung_components(
         slice(int(kept_runs[1].min()), int(kept_runs[2].max())),
     )
     return out, box, n_kept
+
+
+def _regrow_cut(out, air, kept_runs, cut):
+    """Grow the kept mask ``out`` back into the ``cut`` top slices (in place).
+
+    A voxel there is kept when it is air, within ``cut`` 6-neighbour steps of the kept
+    mask and connected to it. Returns the new runs and the number of components.
+    """
+    nz, nx = air.shape[0], air.shape[2]
+    lo = max(nz - 2 * cut, 0)
+    top = out.copy()
+    top[lo:] = ndi.binary_dilation(out[lo:], _CONN_6, iterations=cut)
+    top[: nz - cut] = out[: nz - cut]
+    top[nz - cut :] &= air[nz - cut :]
+    top_runs = _runs(top)
+    top_lab, n_top = _label_runs(top_runs, air.shape, _CONN_6)
+    hit = np.zeros(n_top + 1, dtype=bool)
+    hit[_labels_at(top_runs, top_lab, nx, kept_runs[0], kept_runs[1])] = True
+    hit[0] = False
+    kept_runs = _take_runs(top_runs, hit[top_lab])
+    out[:] = False
+    _paint(out.reshape(-1), nx, kept_runs)
+    return kept_runs, int(hit.sum())
 
 
 def _run_axis_distance(y, start, stop, ny, nx, spacing) -> np.ndarray:
@@ -1147,57 +1134,8 @@ def _exact_distance(points, seed, spacing, upper) -> np.ndarray:
 # =============================================================================================
 
 
-def _hull_edges(image: np.ndarray, r0: int = 0, c0: int = 0) -> np.ndarray:
-    """Hull vertices (doubled coordinates, in order) of the True pixels of ``image``.
-
-    As skimage's ``convex_hull_image``: the hull of the pixels' edge midpoints (centre
-    +- 0.5 along each axis); only the first and last pixel of every row and column can
-    contribute. Coordinates are doubled to stay integers; ``(r0, c0)`` is added first.
-    """
-    nr, nc = image.shape
-    r = np.flatnonzero(image.any(axis=1))
-    c = np.flatnonzero(image.any(axis=0))
-    first = image[r].argmax(axis=1)
-    last = nc - 1 - image[r, ::-1].argmax(axis=1)
-    top = image[:, c].argmax(axis=0)
-    bottom = nr - 1 - image[::-1, c].argmax(axis=0)
-    pts = np.concatenate(
-        [np.stack(p, axis=1) for p in ((r, first), (r, last), (top, c), (bottom, c))]
-    ).astype(np.int64)
-    pts = (pts + [r0, c0]) * 2
-    diamond = np.array([[-1, 0], [1, 0], [0, -1], [0, 1]], dtype=np.int64)
-    pts = (pts[:, None, :] + diamond).reshape(-1, 2) + 1  # >= 0 for the key
-    width = int(pts[:, 1].max()) + 1
-    key = np.unique(pts[:, 0] * width + pts[:, 1])
-    pts = np.stack([key // width, key % width], axis=1) - 1
-    hull = ConvexHull(pts)
-    return pts[hull.vertices]
-
-
-def _in_hull(vertices: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """bool per pixel: centre inside or on the hull (integer arithmetic, no tolerance)."""
-    p = np.stack([rows, cols], axis=1).astype(np.int64) * 2
-    v0 = vertices
-    edge = np.roll(vertices, -1, axis=0) - v0
-    rel = p[:, None, :] - v0[None, :, :]
-    cross = edge[None, :, 0] * rel[:, :, 1] - edge[None, :, 1] * rel[:, :, 0]
-    return np.all(cross >= 0, axis=1) | np.all(cross <= 0, axis=1)
-
-
-def _convex_hull_image_2d(image: np.ndarray) -> np.ndarray:
-    """skimage ``convex_hull_image(image)`` for 2-D images (default arguments), exact.
-
-    Integer arithmetic on doubled coordinates, so pixels on the hull's boundary are in
-    without a tolerance. An empty image gives an empty hull (skimage warns).
-    """
-    out = np.zeros(image.shape, dtype=bool)
-    if not image.any():
-        return out
-    (r0, r1), (c0, c1) = ((s.start, s.stop) for s in bounding_box(image))
-    vertices = _hull_edges(image[r0:r1, c0:c1], r0, c0)
-    gr, gc = np.mgrid[r0:r1, c0:c1]
-    out[r0:r1, c0:c1] = _in_hull(vertices, gr.ravel(), gc.ravel()).reshape(gr.shape)
-    return out
+#: skimage ``convex_hull_image`` for 2-D images, exact (one implementation, in geometry).
+_convex_hull_image_2d = convex_hull_2d
 
 
 def _extract_main(lung: np.ndarray, *, cover: float) -> np.ndarray:
@@ -1269,8 +1207,8 @@ def _extract_main(lung: np.ndarray, *, cover: float) -> np.ndarray:
                     piece = np.zeros((y1[s] - y0[s], x1[s] - x0[s]), dtype=bool)
                     sr, sc = pixels(s)
                     piece[sr - y0[s], sc - x0[s]] = True
-                    hulls[s] = _hull_edges(piece, int(y0[s]), int(x0[s]))
-                inside |= _in_hull(hulls[s], rr, cc)
+                    hulls[s] = hull_vertices(piece, int(y0[s]), int(x0[s]))
+                inside |= points_in_hull(hulls[s], rr, cc)
             if inside is not None and inside.any():
                 out[zk, rr[inside], cc[inside]] = True
     return _largest_component(out, _CONN_26)

@@ -136,6 +136,7 @@ class LungSource:
                                   tv.original_index(np.array(tv.image.shape) - 1).tolist()],
             "lungs_found": masks.found,
             "segmentation_note": masks.reason,
+            "segmentation_method": masks.method,  # issue 17 (seg branch): grt123 or robust
             "lung_volume_ml": {"left": float(masks.left.sum() * np.prod(scan.spacing) / 1000),
                                "right": float(masks.right.sum() * np.prod(scan.spacing) / 1000)},
             "nodules": nodules,
