@@ -243,8 +243,9 @@ def airway_leak_flags(
     """Flag a lung mask that holds a tube of air at the top: the trachea (issue 17).
 
     In the top ``top_mm`` of the lungs, slices where the mask holds a region of air
-    (below ``air_hu``) of trachea cross-section (at least ``AIRWAY_MIN_AREA_MM2``) within
-    ``AIRWAY_MIDLINE_MM`` of the lungs' left-right centre are counted; ``min_tube_mm`` of
+    (below ``air_hu``) of trachea cross-section (at least ``AIRWAY_MIN_AREA_MM2``, less
+    than half the slice's lung) within ``AIRWAY_MIDLINE_MM`` of the lungs' left-right
+    centre are counted; ``min_tube_mm`` of
     such slices is a flag (``segment_lungs(method="robust")`` removes the airways).
 
     Parameters
@@ -266,9 +267,9 @@ def airway_leak_flags(
     Examples
     --------
     >>> image = np.full((30, 40, 40), 100, np.uint8); mask = np.zeros(image.shape, np.uint8)
-    >>> mask[:, 5:35, 5:35] = 1; image[:, 15:25, 15:25] = 0  # 10 mm air tube in the mask
+    >>> mask[:, 5:35, 5:35] = 1; image[:, 15:25, 15:25] = 0  # a 10 mm tube of air in it
     >>> airway_leak_flags(image, mask, (2.0, 1.0, 1.0))
-    [(2, 'lung mask holds a tube of air at the top over 40 mm (airway leak)')]
+    [(2, 'lung mask holds a tube of air at the top over 42 mm (airway leak)')]
     """
     from scipy import ndimage
 
@@ -281,18 +282,20 @@ def airway_leak_flags(
     window = ((meta or {}).get("parameters") or {}).get("preprocess", {}).get("window")
     lo, hi = window or (-1200.0, 600.0)
     level = (air_hu - lo) / (hi - lo) * 255
-    tube = 0
+    slices = 0
     for z in zs[zs >= zs[-1] - top_mm / spacing[0]]:
         lab, n = ndimage.label((image[z] <= level) & lungs[z])
+        lung_px = np.count_nonzero(lungs[z])
         for region in ndimage.find_objects(lab):
             cx = (region[1].start + region[1].stop - 1) / 2
-            area = np.count_nonzero(lab[region]) * spacing[1] * spacing[2]
-            if abs(cx - centre) <= half and area >= AIRWAY_MIN_AREA_MM2:
-                tube += 1
+            px = np.count_nonzero(lab[region])
+            tube = abs(cx - centre) <= half and 2 * px < lung_px  # not the lung itself
+            if tube and px * spacing[1] * spacing[2] >= AIRWAY_MIN_AREA_MM2:
+                slices += 1
                 break
-    if tube * spacing[0] < min_tube_mm:
+    if slices * spacing[0] < min_tube_mm:
         return []
-    return [(_WARN, f"lung mask holds a tube of air at the top over {tube * spacing[0]:g} mm "
+    return [(_WARN, f"lung mask holds a tube of air at the top over {slices * spacing[0]:g} mm "
              "(airway leak)")]
 
 
