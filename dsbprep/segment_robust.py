@@ -47,6 +47,7 @@ from scipy.spatial import ConvexHull, QhullError
 
 from .defaults import SEGMENTATION
 from .geometry import bounding_box
+from .segment import _centroid
 
 __all__ = ["ROBUST_DEFAULTS", "fill_pathology", "find_airways", "one_side", "refine_masks"]
 
@@ -153,8 +154,8 @@ pathology_wall_mm : float
     if lumen is not None:
         abox, k, coarse, _ = lumen
         info["airway_ml"] = float(np.count_nonzero(coarse)) * voxel_ml * k[0] * k[1]
-        grown = ndi.distance_transform_edt(~coarse, sampling=spacing * (1, *k)) <= airway_margin_mm
-        removed[abox] = _unpool(grown, (1, *k), removed[abox].shape)
+        removed[abox] = _unpool(_grown(coarse, spacing * (1, *k), airway_margin_mm), (1, *k),
+                                removed[abox].shape)
         before = np.count_nonzero(sub_l) + np.count_nonzero(sub_r)
         sub_l &= ~removed
         sub_r &= ~removed
@@ -181,7 +182,7 @@ def one_side(left: np.ndarray, right: np.ndarray, spacing, direction):
     """
     spacing = np.asarray(spacing, dtype=np.float64)
     centre = (np.array(left.shape) - 1) / 2
-    sides = [float(np.asarray(direction)[2] @ ((np.argwhere(m).mean(axis=0) - centre) * spacing))
+    sides = [float(np.asarray(direction)[2] @ ((_centroid(m) - centre) * spacing))
              for m in (left, right)]
     if (sides[0] > 0) != (sides[1] > 0):
         return None
@@ -293,6 +294,16 @@ def _min_pool(volume: np.ndarray, k: tuple[int, int]) -> np.ndarray:
     return padded.reshape(nz, py // k[0], k[0], px // k[1], k[1]).min(axis=(2, 4))
 
 
+def _grown(mask: np.ndarray, sampling, margin_mm: float) -> np.ndarray:
+    """``mask`` grown by ``margin_mm`` (Euclidean distance in mm), computed on its box."""
+    reach = np.ceil(margin_mm / np.asarray(sampling)).astype(int) + 1
+    box = tuple(slice(max(0, b.start - r), min(n, b.stop + r))
+                for b, r, n in zip(bounding_box(mask), reach, mask.shape, strict=True))
+    out = np.zeros(mask.shape, dtype=bool)
+    out[box] = ndi.distance_transform_edt(~mask[box], sampling=sampling) <= margin_mm
+    return out
+
+
 def _grow_with_leak_control(volume, seed, *, voxel_ml, leak_ml):
     """Component of ``volume < T`` holding ``seed`` for T rising until a step leaks.
 
@@ -374,6 +385,7 @@ class _Grid:
 def _pathology_blocks(lung: np.ndarray, ok: np.ndarray, grid: _Grid, medial: float):
     """Blocks one lung (pooled) gets back, or None; see :func:`fill_pathology`."""
     outline = ndi.maximum_filter1d(lung, size=2 * (grid.gap_slices // 2) + 1, axis=0)
+    outline &= ~ndi.binary_erosion(outline, _IN_PLANE)  # its edge pixels are enough
     cand = _z_gaps(lung, grid.gap_slices) & ok
     cand &= _within_outline(cand, outline, grid.spacing, grid.wall_mm, medial)
     if not cand.any():
@@ -403,15 +415,15 @@ def _unpool(coarse: np.ndarray, k, shape) -> np.ndarray:
 
 
 def _within_outline(points, outline, spacing, depth_mm, medial_sign) -> np.ndarray:
-    """Voxels of ``points`` inside the convex hull of their slice of ``outline`` and within
+    """Voxels of ``points`` inside the convex hull of their slice of ``outline`` (its edge
+    pixels are enough) and within
     ``depth_mm`` (in-plane, mm) of one of its costal edges: edges whose outward normal is
     not within ``_MEDIAL_DEG`` of the medial direction (``medial_sign`` along x)."""
     out = np.zeros(points.shape, dtype=bool)
-    ring = outline & ~ndi.binary_erosion(outline, _IN_PLANE)
     medial_cos = np.cos(np.deg2rad(_MEDIAL_DEG))
     for z in np.flatnonzero(points.any(axis=(1, 2))):
         try:
-            hull = ConvexHull(np.argwhere(ring[z]) * spacing[1:])
+            hull = ConvexHull(np.argwhere(outline[z]) * spacing[1:])
         except (QhullError, ValueError):
             continue
         yy, xx = np.nonzero(points[z])
