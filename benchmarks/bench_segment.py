@@ -1,14 +1,17 @@
-"""Time :func:`dsbprep.segment.segment_lungs` per stage, and its peak memory.
+"""Time :func:`dsbprep.segment.segment_lungs` per stage for both methods, and peak memory.
 
 Usage::
 
     python benchmarks/bench_segment.py [--data ../shared/data] [--case lidc-idri/LIDC-IDRI-0001]
                                        [--repeat 5] [--threads 0] [--slices 250]
+                                       [--methods grt123,robust]
 
 Runs on the real case (default LIDC-IDRI-0001) and on the same scan linearly interpolated
 along z to ``--slices`` slices (a thin-slice scan of the same anatomy). For each volume:
-one untimed warm-up run, ``--repeat`` timed runs (seconds per stage of the fastest run,
-median and min of the totals), then one more run under ``tracemalloc`` (peak of numpy and
+one untimed warm-up run per method, ``--repeat`` rounds in which the methods run one after
+the other (interleaved, so machine load hits both alike; seconds per stage of each
+method's fastest run, median and min of the totals, and the ratio of the medians robust /
+grt123, goal <= 1.5), then one more run per method under ``tracemalloc`` (peak of numpy and
 Python allocations made by the call) while a thread samples the process RSS (peak minus
 the RSS before the call; the input volume is not counted in either). For reference,
 grt123's own ``step1_python`` takes 25.2 s and 2.8-4.7 GB on this kind of machine
@@ -36,7 +39,8 @@ DEFAULT_REPEAT = 5
 DEFAULT_SLICES = 250
 # RSS sampling period of the memory run, seconds.
 RSS_PERIOD_S = 0.002
-STAGES = ("binarize", "select", "fill_holes", "split", "extract_main", "fill_2d_holes")
+STAGES = ("binarize", "select", "fill_holes", "split", "extract_main", "fill_2d_holes",
+          "robust", "airways", "pathology")
 
 
 def resample_z(hu: np.ndarray, spacing, slices: int) -> tuple[np.ndarray, tuple]:
@@ -83,34 +87,47 @@ def peak_memory(fn) -> tuple[float, float]:
     return traced / 2**20, (peak[0] - base) / 2**20
 
 
-def bench(name: str, hu: np.ndarray, spacing, direction, repeat: int, threads: int) -> None:
+def bench(name: str, hu: np.ndarray, spacing, direction, repeat: int, threads: int,
+          methods: tuple[str, ...]) -> None:
     from dsbprep.segment import segment_lungs
 
-    def call():
-        return segment_lungs(hu, spacing, direction=direction, threads=threads)
+    def call(method):
+        return segment_lungs(hu, spacing, direction=direction, threads=threads, method=method)
 
-    masks = call()  # warm-up
-    runs = []
+    masks = {m: call(m) for m in methods}  # warm-up
+    runs: dict[str, list] = {m: [] for m in methods}
     for _ in range(repeat):
-        start = time.perf_counter()
-        masks = call()
-        runs.append((time.perf_counter() - start, masks.stages))
+        for method in methods:  # interleaved rounds
+            start = time.perf_counter()
+            masks[method] = call(method)
+            runs[method].append((time.perf_counter() - start, masks[method].stages))
+    print(f"{name}: shape {hu.shape}, spacing {tuple(round(float(s), 4) for s in spacing)}")
+    medians = {}
+    for method in methods:
+        report_method(method, masks[method], runs[method])
+        medians[method] = statistics.median(r[0] for r in runs[method])
+    if {"grt123", "robust"} <= set(medians):
+        print(f"  robust / grt123 (medians of {repeat} interleaved rounds): "
+              f"{medians['robust'] / medians['grt123']:.2f}x (goal <= 1.5x)")
+    for method in methods:
+        traced, rss = peak_memory(lambda m=method: call(m))
+        print(f"  {method:7s} peak memory {traced:5.0f} MiB traced (tracemalloc), "
+              f"{rss:.0f} MiB RSS increase")
+
+
+def report_method(method: str, masks, runs) -> None:
+    """Print one method's stages (fastest run) and totals."""
     best_total, best = min(runs, key=lambda r: r[0])
     totals = [r[0] for r in runs]
-    print(
-        f"{name}: shape {hu.shape}, spacing {tuple(round(float(s), 4) for s in spacing)}, "
-        f"found {masks.found} {masks.reason!r}"
-    )
+    print(f" {method}: found {masks.found} {masks.reason!r}")
     for stage in STAGES:
         if stage in best:
             print(f"  {stage:14s} {best[stage]:7.3f} s")
     print(
-        f"  {'total':14s} {best_total:7.3f} s  (fastest of {repeat}; median "
+        f"  {'total':14s} {best_total:7.3f} s  (fastest of {len(runs)}; median "
         f"{statistics.median(totals):.3f} s, max {max(totals):.3f} s; "
         f"cut {best.get('cut_slices')}, erosions {best.get('erosions')})"
     )
-    traced, rss = peak_memory(call)
-    print(f"  peak memory    {traced:7.0f} MiB traced (tracemalloc), {rss:.0f} MiB RSS increase")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,7 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_SLICES,
         help="slices of the z-interpolated volume (0: skip it)",
     )
+    parser.add_argument("--methods", default="grt123,robust",
+                        help="comma-separated methods to time (grt123, robust)")
     args = parser.parse_args(argv)
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     if args.repeat < 1:
         parser.error("--repeat must be >= 1")
     folder = args.data / args.case
@@ -136,11 +156,13 @@ def main(argv: list[str] | None = None) -> int:
 
     scan = load_scan(folder)
     print(f"segment_lungs, threads={args.threads} ({os.cpu_count()} CPUs)")
-    bench(Path(args.case).name, scan.hu, scan.spacing, scan.direction, args.repeat, args.threads)
+    bench(Path(args.case).name, scan.hu, scan.spacing, scan.direction, args.repeat, args.threads,
+          methods)
     if args.slices > 1:
         hu, spacing = resample_z(scan.hu, scan.spacing, args.slices)
         del scan
-        bench(f"{args.slices}-slice interpolation", hu, spacing, None, args.repeat, args.threads)
+        bench(f"{args.slices}-slice interpolation", hu, spacing, None, args.repeat, args.threads,
+              methods)
     return 0
 
 

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .defaults import PREPROCESS, PREPROCESS_EXTRA, SEGMENTATION, ini_value
 from .errors import DsbprepError
 
 __all__ = ["DEFAULTS", "Config", "ConfigError", "load_config", "parse_value"]
@@ -55,32 +56,9 @@ DEFAULTS: dict[str, dict[str, str]] = {
         "allowed_modalities": "CT",
         "max_voxels": "2147483648",
     },
-    "segmentation": {
-        "intensity_threshold_hu": "-600",
-        "smoothing_sigma_px": "1.0",
-        "smoothing_truncate": "2.0",
-        "min_component_area_mm2": "30.0",
-        "max_eccentricity": "0.99",
-        "corner_patch_px": "10",
-        "lung_volume_range_l": "0.68, 7.5",
-        "distance_min_slice_area_mm2": "6000.0",
-        "max_axis_distance_mm": "62.0",
-        "cut_step_slices": "2",
-        "max_erosions": "22",
-        "max_lung_volume_ratio": "4.8",
-        "slice_cover_fraction": "0.95",
-        "threads": "0",
-    },
-    "preprocess": {
-        "target_spacing": "1.0, 1.0, 1.0",
-        "window": "-1200, 600",
-        "pad_value": "170",
-        "bone_threshold": "210",
-        "dilation_iterations": "10",
-        "hull_max_area_ratio": "2.0",
-        "margin": "5",
-        "allow_one_lung": "true",
-    },
+    # written once in dsbprep/defaults.py (the stages' keyword defaults)
+    "segmentation": {k: ini_value(v) for k, v in SEGMENTATION.items()},
+    "preprocess": {k: ini_value(v) for k, v in {**PREPROCESS, **PREPROCESS_EXTRA}.items()},
     "annotations": {
         "lidc_xml": "true",
         "luna_csv": "",

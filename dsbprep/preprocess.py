@@ -27,11 +27,12 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
-from scipy.spatial import ConvexHull, QhullError
 
-from .geometry import bounding_box
+from .defaults import PREPROCESS
+from .geometry import bounding_box, convex_hull_2d
 
 __all__ = [
+    "CONFIG_DEFAULTS",
     "PREPROCESS_DEFAULTS",
     "TrainingVolume",
     "convex_hull_2d",
@@ -45,16 +46,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Defaults of ``[preprocess]`` in config.ini (grt123's values).
-PREPROCESS_DEFAULTS = {
-    "target_spacing": (1.0, 1.0, 1.0),  # mm (z, y, x); grt123 uses 1 mm, seed 000 uses 2 mm
-    "window": (-1200.0, 600.0),  # HU mapped to 0 and 255
-    "pad_value": 170,  # uint8 value outside the dilated lungs (grt123: soft-tissue grey)
-    "bone_threshold": 210,  # uint8 level above which the dilated margin counts as bone
-    "dilation_iterations": 10,  # voxel steps of the 6-connected dilation of the lung hulls
-    "hull_max_area_ratio": 2.0,  # keep a slice's convex hull only if area(hull) <= ratio * area(mask)
-    "margin": 5,  # voxels of the target grid added below the lung box (2x above, as grt123)
-}
+#: Keyword -> default of :func:`prepare_lung_volume` (``[preprocess]`` in config.ini,
+#: grt123's values), written once in :mod:`dsbprep.defaults`.
+CONFIG_DEFAULTS: dict[str, object] = PREPROCESS
+#: The former name of ``CONFIG_DEFAULTS``.
+PREPROCESS_DEFAULTS = CONFIG_DEFAULTS
 
 
 @dataclass(frozen=True)
@@ -94,51 +90,12 @@ class TrainingVolume:
         return np.asarray(original_index, float) / self.index_scale - self.crop_box[:, 0]
 
 
-#: Each pixel enters the hull as the 4 points of a diamond of radius 0.5 around its
-#: centre, as in ``skimage.morphology.convex_hull_image`` (whose output we reproduce).
-_DIAMOND = np.array([[-0.5, 0.0], [0.5, 0.0], [0.0, -0.5], [0.0, 0.5]])
-#: Pixels on the hull's boundary are inside (skimage's ``include_borders=True``).
-_HULL_TOLERANCE = 1e-9
-
-
-def convex_hull_2d(mask: np.ndarray) -> np.ndarray:
-    """Filled convex hull of a 2-D boolean image, equal to ``skimage``'s ``convex_hull_image``.
-
-    Only perimeter pixels feed qhull, and the hull is filled row by row from its
-    half-plane equations (an interval per row) instead of a point-in-polygon test
-    per pixel: about 3x faster on lung slices, same pixels (tests/test_preprocess.py).
-
-    Examples
-    --------
-    >>> m = np.zeros((5, 5), bool); m[0, 0] = m[4, 4] = m[0, 4] = True
-    >>> convex_hull_2d(m).sum()
-    np.int64(15)
-    """
-    mask = np.asarray(mask, bool)
-    perimeter = mask & ~_erode_cross_2d(mask)
-    points = np.argwhere(perimeter).astype(float)
-    points = (points[:, None, :] + _DIAMOND[None]).reshape(-1, 2)
-    try:
-        hull = ConvexHull(points)
-    except (QhullError, ValueError):  # fewer than 3 non-collinear points
-        return mask.copy()
-    n_row, n_col, offset = hull.equations.T  # inside: n_row*r + n_col*c + offset <= 0
-    rows = np.arange(mask.shape[0], dtype=float)[:, None]
-    rhs = _HULL_TOLERANCE - (offset + n_row * rows)  # n_col * c <= rhs, per row and facet
-    with np.errstate(divide="ignore", invalid="ignore"):
-        bound = rhs / n_col
-    upper = np.where(n_col > 0, bound, np.inf).min(axis=1)
-    lower = np.where(n_col < 0, bound, -np.inf).max(axis=1)
-    rows_ok = np.where(n_col == 0, rhs >= 0, True).all(axis=1)
-    cols = np.arange(mask.shape[1], dtype=float)[None, :]
-    return (cols >= lower[:, None]) & (cols <= upper[:, None]) & rows_ok[:, None]
-
-
 def _erode_cross_2d(mask: np.ndarray) -> np.ndarray:
     """``ndimage.binary_erosion(mask, border_value=0)`` (4-connected cross) with four slices.
 
     A pixel stays when it and its 4 neighbours are set; pixels on the image border
-    never stay. A few vectorised ANDs instead of scipy's generic erosion: ~10x
+    never stay. (No longer used by the hull, which lives in :mod:`dsbprep.geometry`;
+    kept for tests/test_preprocess.py.) A few vectorised ANDs instead of scipy's generic erosion: ~10x
     faster on the small crops of a lung slice.
     """
     out = np.zeros_like(mask)
@@ -421,13 +378,13 @@ def prepare_lung_volume(
     left: np.ndarray,
     right: np.ndarray,
     *,
-    target_spacing: tuple[float, float, float] = PREPROCESS_DEFAULTS["target_spacing"],
-    window: tuple[float, float] = PREPROCESS_DEFAULTS["window"],
-    pad_value: int = PREPROCESS_DEFAULTS["pad_value"],
-    bone_threshold: int = PREPROCESS_DEFAULTS["bone_threshold"],
-    dilation_iterations: int = PREPROCESS_DEFAULTS["dilation_iterations"],
-    hull_max_area_ratio: float = PREPROCESS_DEFAULTS["hull_max_area_ratio"],
-    margin: int = PREPROCESS_DEFAULTS["margin"],
+    target_spacing: tuple[float, float, float] = CONFIG_DEFAULTS["target_spacing"],
+    window: tuple[float, float] = CONFIG_DEFAULTS["window"],
+    pad_value: int = CONFIG_DEFAULTS["pad_value"],
+    bone_threshold: int = CONFIG_DEFAULTS["bone_threshold"],
+    dilation_iterations: int = CONFIG_DEFAULTS["dilation_iterations"],
+    hull_max_area_ratio: float = CONFIG_DEFAULTS["hull_max_area_ratio"],
+    margin: int = CONFIG_DEFAULTS["margin"],
 ) -> TrainingVolume:
     """grt123's training volume from HU and the two lung masks.
 
@@ -439,9 +396,9 @@ def prepare_lung_volume(
         Voxel size of ``hu`` in mm (z, y, x).
     left, right : ndarray of bool, (z, y, x)
         Lung masks (at least one voxel in their union).
-    target_spacing, window, pad_value, bone_threshold, dilation_iterations,
-    hull_max_area_ratio, margin
-        See ``PREPROCESS_DEFAULTS``.
+    target_spacing, window, pad_value, bone_threshold, dilation_iterations, \
+hull_max_area_ratio, margin
+        See ``CONFIG_DEFAULTS`` (config.ini ``[preprocess]``).
 
     Returns
     -------
@@ -462,9 +419,7 @@ def prepare_lung_volume(
     >>> tv.image.dtype, tv.labels.max(), tv.image.shape == tv.labels.shape
     (dtype('uint8'), np.uint8(2), True)
     """
-    hu = np.asarray(hu)
-    left = np.asarray(left, bool)
-    right = np.asarray(right, bool)
+    hu, left, right = np.asarray(hu), np.asarray(left, bool), np.asarray(right, bool)
     if hu.ndim != 3 or left.shape != hu.shape or right.shape != hu.shape:
         raise ValueError(f"hu {hu.shape}, left {left.shape} and right {right.shape} must be equal 3-D shapes")
     union = left | right
@@ -473,24 +428,16 @@ def prepare_lung_volume(
     spacing_arr = np.asarray(spacing, float)
     new_shape, scale = zoom_geometry(hu.shape, spacing, target_spacing)
 
-    # crop box in the target grid: grt123 scales the mask's voxel box by spacing / target
-    # (not by zoom's exact map) and pads 1x margin below, 2x above; kept for compatibility.
-    box = np.array([[s.start, s.stop - 1] for s in bounding_box(union)], float)
-    box = np.floor(box * (spacing_arr / np.asarray(target_spacing, float))[:, None]).astype(int)
-    crop = np.stack([np.maximum(box[:, 0] - margin, 0), np.minimum(box[:, 1] + 2 * margin, new_shape)], axis=1)
+    crop = _crop_box(union, spacing_arr, target_spacing, new_shape, margin)
 
     # Everything below happens on the input voxels the resampled crop reads (plus a
     # voxel of slack): the masks lie inside it, so the dilation is exact there.
     lo, hi = _source_box(crop, scale, hu.shape)
     sub = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
     left_s, right_s = left[sub], right[sub]
-    union_s = left_s | right_s
-    hulls = convex_hull_slices(left_s, hull_max_area_ratio) | convex_hull_slices(right_s, hull_max_area_ratio)
-    dilated = dilate_cross(hulls, dilation_iterations)  # dilation distributes over the union
-    image = window_to_uint8(hu[sub], window)
-    image[~dilated] = pad_value
-    dilated &= ~union_s  # now the dilated margin around the lungs
-    image[dilated & (image > bone_threshold)] = pad_value
+    image = _masked_image(hu[sub], left_s, right_s, window=window, pad_value=pad_value,
+                          bone_threshold=bone_threshold, dilation_iterations=dilation_iterations,
+                          hull_max_area_ratio=hull_max_area_ratio)
 
     labels = left_s.astype(np.uint8)
     labels[right_s & ~left_s] = 2
@@ -504,3 +451,27 @@ def prepare_lung_volume(
         resampled_shape=tuple(int(s) for s in new_shape),
         index_scale=scale,
     )
+
+
+def _crop_box(union, spacing, target_spacing, new_shape, margin) -> np.ndarray:
+    """[start, stop) per axis of the crop in the target grid.
+
+    grt123 scales the mask's voxel box by spacing / target (not by zoom's exact map) and
+    pads 1x margin below, 2x above; kept for compatibility.
+    """
+    box = np.array([[s.start, s.stop - 1] for s in bounding_box(union)], float)
+    box = np.floor(box * (spacing / np.asarray(target_spacing, float))[:, None]).astype(int)
+    return np.stack([np.maximum(box[:, 0] - margin, 0), np.minimum(box[:, 1] + 2 * margin, new_shape)], axis=1)
+
+
+def _masked_image(hu, left, right, *, window, pad_value, bone_threshold, dilation_iterations,
+                  hull_max_area_ratio) -> np.ndarray:
+    """grt123's uint8 image: windowed, pad value outside the dilated lung hulls and for
+    bone (> ``bone_threshold``) in the dilated margin."""
+    hulls = convex_hull_slices(left, hull_max_area_ratio) | convex_hull_slices(right, hull_max_area_ratio)
+    dilated = dilate_cross(hulls, dilation_iterations)  # dilation distributes over the union
+    image = window_to_uint8(hu, window)
+    image[~dilated] = pad_value
+    dilated &= ~(left | right)  # now the dilated margin around the lungs
+    image[dilated & (image > bone_threshold)] = pad_value
+    return image

@@ -51,6 +51,7 @@ __all__ = [
     "MIN_CASES_FOR_OUTLIERS",
     "MIN_TOTAL_LUNG_L",
     "lung_flags",
+    "airway_leak_flags",
     "main",
     "outlier_flags",
     "summarize_dataset",
@@ -77,6 +78,15 @@ MIN_CASES_FOR_OUTLIERS = 5
 #: 2-D files: a mask covering more than this fraction of its image is suspicious (the seed's
 #: contour reader rejects polygons larger than half the image as corrupt).
 MAX_MASK_FRACTION = 0.5
+#: Airway leak (issue 17): air below this HU inside the lung mask ...
+AIRWAY_AIR_HU = -950.0
+#: ... in the top this-many mm of the lungs ...
+AIRWAY_TOP_MM = 40.0
+#: ... of trachea cross-section (mm^2, 10 mm across) within this of the lungs' centre (mm) ...
+AIRWAY_MIN_AREA_MM2 = 80.0
+AIRWAY_MIDLINE_MM = 30.0
+#: ... over this many mm of slices is flagged: grt123's masks can hold the trachea.
+AIRWAY_TUBE_MM = 20.0
 #: MAD -> standard deviation of a normal distribution.
 _MAD_TO_SD = 1.4826
 
@@ -220,6 +230,75 @@ def lung_flags(
     return flags
 
 
+def airway_leak_flags(
+    image: np.ndarray,
+    mask: np.ndarray,
+    spacing,
+    meta: dict | None = None,
+    *,
+    air_hu: float = AIRWAY_AIR_HU,
+    top_mm: float = AIRWAY_TOP_MM,
+    min_tube_mm: float = AIRWAY_TUBE_MM,
+) -> list[tuple[int, str]]:
+    """Flag a lung mask that holds a tube of air at the top: the trachea (issue 17).
+
+    In the top ``top_mm`` of the lungs, slices where the mask holds a region of air
+    (below ``air_hu``) of trachea cross-section (at least ``AIRWAY_MIN_AREA_MM2``, less
+    than half the slice's lung) within ``AIRWAY_MIDLINE_MM`` of the lungs' left-right
+    centre are counted; ``min_tube_mm`` of
+    such slices is a flag (``segment_lungs(method="robust")`` removes the airways).
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        uint8 (z, y, x) stored image, z ascending (superior last), windowed with ``window``.
+    mask : numpy.ndarray
+        (z, y, x) labels, > 0 = lung.
+    spacing : sequence of 3 float
+        Voxel size (z, y, x) in mm.
+    meta : dict, optional
+        The case's meta; its ``parameters.preprocess.window`` (HU mapped to 0..255) gives
+        the uint8 level of ``air_hu`` (default window -1200..600).
+
+    Returns
+    -------
+    list of (severity, text)
+
+    Examples
+    --------
+    >>> image = np.full((30, 40, 40), 100, np.uint8); mask = np.zeros(image.shape, np.uint8)
+    >>> mask[:, 5:35, 5:35] = 1; image[:, 15:25, 15:25] = 0  # a 10 mm tube of air in it
+    >>> airway_leak_flags(image, mask, (2.0, 1.0, 1.0))
+    [(2, 'lung mask holds a tube of air at the top over 42 mm (airway leak)')]
+    """
+    from scipy import ndimage
+
+    lungs = np.asarray(mask) > 0
+    zs = np.flatnonzero(lungs.any(axis=(1, 2)))
+    if zs.size == 0:
+        return []
+    xs = np.flatnonzero(lungs.any(axis=(0, 1)))
+    centre, half = (xs[0] + xs[-1]) / 2, AIRWAY_MIDLINE_MM / spacing[2]
+    window = ((meta or {}).get("parameters") or {}).get("preprocess", {}).get("window")
+    lo, hi = window or (-1200.0, 600.0)
+    level = (air_hu - lo) / (hi - lo) * 255
+    slices = 0
+    for z in zs[zs >= zs[-1] - top_mm / spacing[0]]:
+        lab, n = ndimage.label((image[z] <= level) & lungs[z])
+        lung_px = np.count_nonzero(lungs[z])
+        for region in ndimage.find_objects(lab):
+            cx = (region[1].start + region[1].stop - 1) / 2
+            px = np.count_nonzero(lab[region])
+            tube = abs(cx - centre) <= half and 2 * px < lung_px  # not the lung itself
+            if tube and px * spacing[1] * spacing[2] >= AIRWAY_MIN_AREA_MM2:
+                slices += 1
+                break
+    if slices * spacing[0] < min_tube_mm:
+        return []
+    return [(_WARN, f"lung mask holds a tube of air at the top over {slices * spacing[0]:g} mm "
+             "(airway leak)")]
+
+
 def outlier_flags(
     totals: dict[str, float],
     *,
@@ -294,6 +373,7 @@ def _summarise_case(ds: DsbDataset, position: int, kind: str) -> CaseSummary:
         summary.left_l = float(volumes.get("left", 0.0)) / _ML_PER_L
         summary.right_l = float(volumes.get("right", 0.0)) / _ML_PER_L
         summary.volume_from = "segmentation"
+        summary.flags += airway_leak_flags(record.image, record.mask, record.spacing, meta)  # issue 17
     elif kind == "volume":
         counts = np.bincount(record.mask.ravel(), minlength=3)
         voxel_l = float(np.prod(record.spacing)) / _MM3_PER_L

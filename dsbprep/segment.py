@@ -37,12 +37,14 @@ Stages (keys of ``LungMasks.stages``, seconds):
 6. ``fill_2d_holes`` - per-slice hole filling.
 
 Configuration: every threshold is a keyword of :func:`segment_lungs`;
-``CONFIG_DEFAULTS`` maps each to its default. The ``[segmentation]`` section of
-``config.ini`` (keys = keywords of :func:`segment_lungs`)::
+``CONFIG_DEFAULTS`` (written once in :mod:`dsbprep.defaults`) maps each to its default. The
+``[segmentation]`` section of ``config.ini`` (keys = keywords of :func:`segment_lungs`)::
 
     [segmentation]
+    # grt123 (exact) or robust (airways out, pathology in: dsbprep.segment_robust)
+    method = grt123
     # smoothed HU below this is air (grt123 binarize_per_slice intensity_th)
-    intensity_threshold_hu = -600
+    intensity_threshold_hu = -600.0
     # in-plane Gaussian sigma in PIXELS (grt123 sigma=1; 0.70 mm for LIDC-IDRI-0001)
     smoothing_sigma_px = 1.0
     # Gaussian kernel radius in sigmas (scipy truncate; grt123 truncate=2.0)
@@ -69,6 +71,16 @@ Configuration: every threshold is a keyword of :func:`segment_lungs`;
     slice_cover_fraction = 0.95
     # threads for the slab-parallel stages (0 = one per CPU core)
     threads = 0
+    # method = robust only (dsbprep.segment_robust): trachea seed HU, leak step (mL),
+    # removed margin around the airway lumen (mm)
+    airway_seed_hu = -900.0
+    airway_leak_ml = 20.0
+    airway_margin_mm = 3.0
+    # longest z-gap of one lung filled (mm), only within this of its costal outline (mm),
+    # never brighter than this (HU)
+    pathology_gap_mm = 50.0
+    pathology_wall_mm = 30.0
+    pathology_max_hu = 150.0
 
 Deliberate differences from the original (each keeps the agreement bounds of the tests):
 
@@ -92,67 +104,25 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage as ndi
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
-from scipy.spatial import ConvexHull, cKDTree
+from scipy.spatial import cKDTree
 
-from .geometry import bounding_box
+from .defaults import SEGMENTATION, SEGMENTATION_METHODS
+from .geometry import bounding_box, convex_hull_2d, hull_vertices, points_in_hull
 
 __all__ = ["CONFIG_DEFAULTS", "LungMasks", "segment_lungs"]
 
 logger = logging.getLogger(__name__)
 
-# --- defaults: grt123's values (lfz/DSB2017 preprocessing/step1.py) -------------------------
-# Air/lung vs soft tissue: smoothed HU below this is air (binarize_per_slice intensity_th).
-INTENSITY_THRESHOLD_HU = -600.0
-# Gaussian sigma in pixels, applied in-plane per slice (binarize_per_slice sigma=1).
-SMOOTHING_SIGMA_PX = 1.0
-# scipy's truncate: the kernel reaches 2 sigma = 2 pixels (hard-coded truncate=2.0).
-SMOOTHING_TRUNCATE = 2.0
-# Smallest 2-D air component kept, mm^2 (area_th=30): drops noise specks.
-MIN_COMPONENT_AREA_MM2 = 30.0
-# Most elongated 2-D air component kept (eccen_th=0.99): drops the air strips around the body.
-MAX_ECCENTRICITY = 0.99
-# Side of the corner patch (pixels) tested for a uniform padding value (bg_patch_size=10).
-CORNER_PATCH_PX = 10
-# Lung component volume range in litres: step1_python calls all_slice_analysis with
-# vol_limit=[0.68, 7.5] (the function's own default, [0.68, 8.2], is never used by it).
-LUNG_VOLUME_RANGE_L = (0.68, 7.5)
-# Slices where a component covers more than this (mm^2) enter the distance test (area_th=6e3).
-DISTANCE_MIN_SLICE_AREA_MM2 = 6000.0
-# Mean over those slices of the component's minimum distance to the scan axis must be below
-# this (dist_th=62 mm): lungs lie near the axis, air pockets at the body edge do not.
-MAX_AXIS_DISTANCE_MM = 62.0
-# Top slices removed per retry when no lung component is found (cut_step=2).
-CUT_STEP_SLICES = 2
-# Erosions tried to split the lungs (two_lung_only max_iter=22).
-MAX_EROSIONS = 22
-# Largest / second largest eroded component volume ratio accepted as two lungs (max_ratio=4.8).
-MAX_LUNG_VOLUME_RATIO = 4.8
-# Fraction of a slice's mask area covered by the 2-D components kept (extract_main cover=0.95).
-SLICE_COVER_FRACTION = 0.95
-
 #: Keyword -> default of :func:`segment_lungs`, the ``[segmentation]`` section of config.ini.
-CONFIG_DEFAULTS: dict[str, object] = {
-    "intensity_threshold_hu": INTENSITY_THRESHOLD_HU,
-    "smoothing_sigma_px": SMOOTHING_SIGMA_PX,
-    "smoothing_truncate": SMOOTHING_TRUNCATE,
-    "min_component_area_mm2": MIN_COMPONENT_AREA_MM2,
-    "max_eccentricity": MAX_ECCENTRICITY,
-    "corner_patch_px": CORNER_PATCH_PX,
-    "lung_volume_range_l": LUNG_VOLUME_RANGE_L,
-    "distance_min_slice_area_mm2": DISTANCE_MIN_SLICE_AREA_MM2,
-    "max_axis_distance_mm": MAX_AXIS_DISTANCE_MM,
-    "cut_step_slices": CUT_STEP_SLICES,
-    "max_erosions": MAX_EROSIONS,
-    "max_lung_volume_ratio": MAX_LUNG_VOLUME_RATIO,
-    "slice_cover_fraction": SLICE_COVER_FRACTION,
-    "threads": 0,
-}
+CONFIG_DEFAULTS: dict[str, object] = SEGMENTATION
+_D = CONFIG_DEFAULTS
 
 # --- implementation constants (not tunable: they do not change the result) ------------------
 # mm^3 per litre.
@@ -192,7 +162,11 @@ class LungMasks:
         Seconds per stage (``binarize``, ``select``, ``fill_holes``, ``split``,
         ``extract_main``, ``fill_2d_holes``, ``total``) and diagnostics
         (``cut_slices``: top slices cut before a lung component was found, ``erosions``:
-        erosions needed to split the lungs).
+        erosions needed to split the lungs); with ``method='robust'`` also ``robust``,
+        ``airways``, ``pathology`` (seconds) and ``airway_ml``, ``airway_removed_ml``,
+        ``pathology_ml`` (mL).
+    method : str
+        The method that made the masks (``'grt123'`` or ``'robust'``).
     """
 
     left: np.ndarray = field(repr=False)
@@ -200,6 +174,7 @@ class LungMasks:
     found: int
     reason: str
     stages: dict = field(default_factory=dict, repr=False)
+    method: str = "grt123"
 
     @property
     def union(self) -> np.ndarray:
@@ -227,234 +202,235 @@ def segment_lungs(
     hu: np.ndarray,
     spacing,
     *,
-    direction=None,
-    intensity_threshold_hu: float = INTENSITY_THRESHOLD_HU,
-    smoothing_sigma_px: float = SMOOTHING_SIGMA_PX,
-    smoothing_truncate: float = SMOOTHING_TRUNCATE,
-    min_component_area_mm2: float = MIN_COMPONENT_AREA_MM2,
-    max_eccentricity: float = MAX_ECCENTRICITY,
-    corner_patch_px: int = CORNER_PATCH_PX,
-    lung_volume_range_l: tuple[float, float] = LUNG_VOLUME_RANGE_L,
-    distance_min_slice_area_mm2: float = DISTANCE_MIN_SLICE_AREA_MM2,
-    max_axis_distance_mm: float = MAX_AXIS_DISTANCE_MM,
-    cut_step_slices: int = CUT_STEP_SLICES,
-    max_erosions: int = MAX_EROSIONS,
-    max_lung_volume_ratio: float = MAX_LUNG_VOLUME_RATIO,
-    slice_cover_fraction: float = SLICE_COVER_FRACTION,
-    threads: int = 0,
-) -> LungMasks:
+    direction=None, method: str = _D["method"],
+    intensity_threshold_hu: float = _D["intensity_threshold_hu"],
+    smoothing_sigma_px: float = _D["smoothing_sigma_px"],
+    smoothing_truncate: float = _D["smoothing_truncate"],
+    min_component_area_mm2: float = _D["min_component_area_mm2"],
+    max_eccentricity: float = _D["max_eccentricity"], corner_patch_px: int = _D["corner_patch_px"],
+    lung_volume_range_l: tuple[float, float] = _D["lung_volume_range_l"],
+    distance_min_slice_area_mm2: float = _D["distance_min_slice_area_mm2"],
+    max_axis_distance_mm: float = _D["max_axis_distance_mm"],
+    cut_step_slices: int = _D["cut_step_slices"], max_erosions: int = _D["max_erosions"],
+    max_lung_volume_ratio: float = _D["max_lung_volume_ratio"],
+    slice_cover_fraction: float = _D["slice_cover_fraction"], threads: int = _D["threads"],
+    airway_seed_hu: float = _D["airway_seed_hu"], airway_leak_ml: float = _D["airway_leak_ml"],
+    airway_margin_mm: float = _D["airway_margin_mm"],
+    pathology_gap_mm: float = _D["pathology_gap_mm"], pathology_wall_mm: float = _D["pathology_wall_mm"],
+    pathology_max_hu: float = _D["pathology_max_hu"]) -> LungMasks:
     """Segment the two lungs of a chest CT the way grt123's ``step1_python`` does.
 
     Parameters
     ----------
     hu : numpy.ndarray
-        (z, y, x) volume in Hounsfield units, z ascending (int16 as from
-        :func:`dsbprep.dicom.load_scan`; any integer or float dtype is accepted).
+        (z, y, x) volume in HU, z ascending (int16 as from :func:`dsbprep.dicom.load_scan`;
+        any integer or float dtype is accepted).
     spacing : sequence of 3 float
         Voxel size (z, y, x) in mm, all > 0.
     direction : array_like (3, 3), optional
-        Column k is the world (z, y, x) unit vector of index axis k (identity by default,
-        a standard axial scan). Only used to tell the patient's left (world +x) from right.
-    intensity_threshold_hu : float, default -600
-        Smoothed HU below this is air.
-    smoothing_sigma_px : float, default 1.0
-        In-plane Gaussian sigma in pixels, as in the original (0.70 mm at 0.703 mm pixels).
-    smoothing_truncate : float, default 2.0
-        Gaussian kernel radius in sigmas.
-    min_component_area_mm2 : float, default 30
-        2-D air components must be strictly larger than this area (mm^2).
-    max_eccentricity : float, default 0.99
-        2-D air components must be strictly less eccentric than this.
-    corner_patch_px : int, default 10
-        A slice whose top-left ``corner_patch_px`` square is uniform has padding outside the
-        scan circle; everything within the Gaussian's reach of that circle is not air.
-    lung_volume_range_l : (float, float), default (0.68, 7.5)
-        Volume range (litres, inclusive) of a 3-D lung component.
-    distance_min_slice_area_mm2 : float, default 6000
-        Slices where a component is larger than this (mm^2) enter the distance test.
-    max_axis_distance_mm : float, default 62
-        Keep a component when the mean over those slices of its minimum in-plane distance
-        to the volume's central axis is below this (mm).
-    cut_step_slices : int, default 2
-        Top slices removed per retry while no lung component is found.
-    max_erosions : int, default 22
-        Erosions tried to split the mask into two lungs.
-    max_lung_volume_ratio : float, default 4.8
-        Two eroded components are the two lungs when largest / second largest < this.
-    slice_cover_fraction : float, default 0.95
-        Per slice, the largest 2-D components covering this fraction of a lung's area are
-        kept, with whatever lies inside their convex hulls.
-    threads : int, default 0
-        Threads for the per-slice stages (0: one per CPU core). The result does not depend
-        on it.
+        Column k: world (z, y, x) unit vector of index axis k (default identity); tells
+        the patient's left (world +x) from right.
+    method : {'grt123', 'robust'}
+        grt123's masks exactly, or those with the airways removed and pathology at the
+        pleura added (:func:`dsbprep.segment_robust.refine_masks`).
+    **thresholds
+        The other keywords: described in the module docstring's ``[segmentation]`` block,
+        defaults in ``CONFIG_DEFAULTS``. ``threads`` (0: one per core) does not change the
+        result; ``airway_*`` and ``pathology_*`` act with ``method='robust'`` only.
 
     Returns
     -------
     LungMasks
         ``left``/``right`` bool masks on the input grid, ``found`` (0, 1, 2), ``reason``,
-        and seconds per stage in ``stages``.
+        ``method``, and seconds per stage in ``stages``.
 
     Raises
     ------
-    TypeError
-        If ``hu`` is not a real numeric numpy array.
-    ValueError
-        If ``hu`` is not 3-D or empty, ``spacing`` is not 3 positive finite numbers,
-        ``direction`` is not a finite 3x3 matrix, or a parameter is out of range.
+    TypeError, ValueError
+        ``hu`` is not a real 3-D array, or spacing, direction, method or a parameter is
+        malformed (TypeError for the array's type).
 
     Examples
     --------
-    >>> import numpy as np
     >>> masks = segment_lungs(np.full((4, 32, 32), 40, np.int16), (2.5, 0.7, 0.7))
     >>> masks.found, masks.ok, masks.reason[:29]
     (0, False, 'no air region of lung size: n')
     """
-    t_start = time.perf_counter()
-    hu = _check_volume(hu)
-    spacing = _check_spacing(spacing)
-    direction = _check_direction(direction)
-    lo_l, hi_l = _check_range(lung_volume_range_l, "lung_volume_range_l")
-    _check_positive(smoothing_sigma_px, "smoothing_sigma_px")
-    _check_positive(smoothing_truncate, "smoothing_truncate")
-    _check_positive(max_lung_volume_ratio, "max_lung_volume_ratio")
-    _check_int(corner_patch_px, "corner_patch_px", 1)
-    _check_int(cut_step_slices, "cut_step_slices", 1)
-    _check_int(max_erosions, "max_erosions", 1)
-    _check_int(threads, "threads", 0)
-    if not 0.0 < slice_cover_fraction <= 1.0:
-        raise ValueError(f"slice_cover_fraction must be in (0, 1], got {slice_cover_fraction!r}")
+    params = {key: value for key, value in locals().items() if key in CONFIG_DEFAULTS}
+    timer = _Timer()
+    hu, spacing, direction = _check_inputs(hu, spacing, direction, params)
     n_workers = threads or (os.cpu_count() or 1)
-    stages: dict = {}
-    shape = hu.shape
-
-    def finish(left, right, found, reason):
-        stages["total"] = time.perf_counter() - t_start
-        if found < 2:
-            logger.info("lung segmentation of a %s volume: %s", shape, reason)
-        return LungMasks(left=left, right=right, found=found, reason=reason, stages=stages)
-
-    def empty():
-        return np.zeros(shape, dtype=bool)
-
     with ThreadPoolExecutor(max_workers=n_workers) as pool:
-        run = _runner(pool, n_workers)
+        left, right, found, reason = _grt123(
+            hu, spacing, direction, params, run=_runner(pool, n_workers), timer=timer
+        )
+    if method == "robust" and found > 0:
+        from .segment_robust import ROBUST_DEFAULTS, one_side, refine_masks
+
+        with timer("robust"):
+            if found == 2 and (side := one_side(left, right, spacing, direction)):
+                left, right, found, reason = side
+            left, right, info = refine_masks(
+                hu, spacing, left, right, **{k: params[k] for k in ROBUST_DEFAULTS}
+            )
+        timer.stages.update(info)
+    timer.stages["total"] = time.perf_counter() - timer.start
+    if found < 2:
+        logger.info("lung segmentation of a %s volume: %s", hu.shape, reason)
+    return LungMasks(left, right, found, reason, stages=timer.stages, method=method)
+
+
+class _Timer:
+    """Seconds per stage: ``with timer("name"): ...`` adds to ``timer.stages["name"]``."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.stages: dict = {}
+
+    @contextmanager
+    def __call__(self, name: str):
         t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stages[name] = self.stages.get(name, 0.0) + time.perf_counter() - t
+
+
+def _grt123(hu, spacing, direction, p, *, run, timer):
+    """grt123's stages 1-6: ``(left, right, found, reason)`` on the input grid."""
+    shape = hu.shape
+    with timer("binarize"):
         air, runs = _binarize(
-            hu,
-            spacing,
-            threshold_hu=intensity_threshold_hu,
-            sigma_px=smoothing_sigma_px,
-            truncate=smoothing_truncate,
-            min_area_mm2=min_component_area_mm2,
-            max_eccentricity=max_eccentricity,
-            corner_patch_px=corner_patch_px,
-            run=run,
+            hu, spacing, threshold_hu=p["intensity_threshold_hu"],
+            sigma_px=p["smoothing_sigma_px"], truncate=p["smoothing_truncate"],
+            min_area_mm2=p["min_component_area_mm2"], max_eccentricity=p["max_eccentricity"],
+            corner_patch_px=p["corner_patch_px"], run=run,
         )
-        stages["binarize"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        selected, cut = None, 0
-        if runs[0].size:
-            for cut in range(0, shape[0], cut_step_slices):
-                selected = _select_lung_components(
-                    air,
-                    runs,
-                    spacing,
-                    cut=cut,
-                    volume_range_mm3=(lo_l * _MM3_PER_L, hi_l * _MM3_PER_L),
-                    min_slice_area_mm2=distance_min_slice_area_mm2,
-                    max_distance_mm=max_axis_distance_mm,
-                )
-                rows_left = (shape[0] - cut - cut_step_slices) * shape[1]
-                if selected is not None or not (runs[0] < rows_left).any():
-                    break
-        stages["select"] = time.perf_counter() - t
-        stages["cut_slices"] = cut
-        del air, runs
-        if selected is None:
-            return finish(
-                empty(),
-                empty(),
-                0,
-                "no air region of lung size: no 3-D air component below "
-                f"{intensity_threshold_hu:g} HU of {lo_l:g} to {hi_l:g} L within "
-                f"{max_axis_distance_mm:g} mm of the scan axis, even after cutting top slices",
-            )
-        mask, box, n_components = selected
-
-        t = time.perf_counter()
+    with timer("select"):
+        selected, timer.stages["cut_slices"] = _select_with_retry(air, runs, spacing, p)
+    del air, runs
+    if selected is None:
+        lo_l, hi_l = p["lung_volume_range_l"]
+        empty = np.zeros(shape, dtype=bool)
+        return empty, empty.copy(), 0, (
+            "no air region of lung size: no 3-D air component below "
+            f"{p['intensity_threshold_hu']:g} HU of {lo_l:g} to {hi_l:g} L within "
+            f"{p['max_axis_distance_mm']:g} mm of the scan axis, even after cutting top slices"
+        )
+    mask, box, n_components = selected
+    with timer("fill_holes"):
         crop = _fill_holes_3d(mask, box)
-        del mask
-        stages["fill_holes"] = time.perf_counter() - t
-
-        t = time.perf_counter()
+    del mask
+    with timer("split"):
         split = _split_lungs(
-            crop,
-            spacing,
-            max_erosions=max_erosions,
-            max_ratio=max_lung_volume_ratio,
-            single=n_components == 1,
-            run=run,
+            crop, spacing, max_erosions=p["max_erosions"],
+            max_ratio=p["max_lung_volume_ratio"], single=n_components == 1, run=run,
         )
-        stages["split"] = time.perf_counter() - t
-        if split is None:
-            stages["erosions"] = max_erosions
-            t = time.perf_counter()
-            one = _fill_holes_2d(crop)
-            stages["fill_2d_holes"] = time.perf_counter() - t
-            full = empty()
-            full[box] = one
-            side = _side_of(one, box, spacing, direction, shape)
-            left, right = (full, empty()) if side > 0 else (empty(), full)
-            return finish(
-                left,
-                right,
-                1,
-                "lungs could not be separated: after "
-                f"{max_erosions} erosions no two components with volume ratio < "
-                f"{max_lung_volume_ratio:g} (one lung, or both as one mask)",
-            )
-        lung_a, lung_b, erosions = split
-        stages["erosions"] = erosions
-        del crop
-
-        # the two lungs are independent from here on: one thread each
-        t = time.perf_counter()
-
-        def finish_lung(lung):
-            sub = bounding_box(lung)
-            t0 = time.perf_counter()
-            main = _extract_main(np.ascontiguousarray(lung[sub]), cover=slice_cover_fraction)
-            t1 = time.perf_counter()
-            filled = _fill_holes_2d(main)
-            t2 = time.perf_counter()
-            offset = tuple(
-                slice(b.start + s.start, b.start + s.stop) for b, s in zip(box, sub, strict=True)
-            )
-            return filled, offset, t1 - t0, t2 - t1
-
-        done = run(finish_lung, [lung_a, lung_b])
-        del lung_a, lung_b
-        wall = time.perf_counter() - t
-        work = sum(d[2] + d[3] for d in done) or 1.0
-        stages["extract_main"] = wall * sum(d[2] for d in done) / work
-        stages["fill_2d_holes"] = wall * sum(d[3] for d in done) / work
-
-    full = []
-    centroid = []
-    for lung, where, *_ in done:
-        whole = empty()
+    if split is None:
+        timer.stages["erosions"] = p["max_erosions"]
+        return _one_lung(crop, box, spacing, direction, shape, p, timer)
+    lung_a, lung_b, timer.stages["erosions"] = split
+    del crop
+    done = _finish_lungs((lung_a, lung_b), box, p["slice_cover_fraction"], run, timer)
+    full, centroid = [], []
+    for lung, where in done:
+        whole = np.zeros(shape, dtype=bool)
         whole[where] = lung
         full.append(whole)
         centroid.append(_centroid(lung) + [w.start for w in where])
     a_is_left = float(direction[2] @ ((centroid[0] - centroid[1]) * spacing)) > 0
     left, right = (full[0], full[1]) if a_is_left else (full[1], full[0])
-    return finish(left, right, 2, "")
+    return left, right, 2, ""
+
+
+def _select_with_retry(air, runs, spacing, p):
+    """Stage 2 with grt123's retry: ``(selected or None, top slices cut)``."""
+    nz, ny = air.shape[:2]
+    lo_l, hi_l = p["lung_volume_range_l"]
+    step = p["cut_step_slices"]
+    selected, cut = None, 0
+    if not runs[0].size:
+        return None, 0
+    for cut in range(0, nz, step):
+        selected = _select_lung_components(
+            air, runs, spacing, cut=cut, volume_range_mm3=(lo_l * _MM3_PER_L, hi_l * _MM3_PER_L),
+            min_slice_area_mm2=p["distance_min_slice_area_mm2"],
+            max_distance_mm=p["max_axis_distance_mm"],
+        )
+        if selected is not None or not (runs[0] < (nz - cut - step) * ny).any():
+            break
+    return selected, cut
+
+
+def _one_lung(crop, box, spacing, direction, shape, p, timer):
+    """The lungs could not be separated: one mask, on the side of its centroid."""
+    with timer("fill_2d_holes"):
+        one = _fill_holes_2d(crop)
+    full = np.zeros(shape, dtype=bool)
+    full[box] = one
+    empty = np.zeros(shape, dtype=bool)
+    side = _side_of(one, box, spacing, direction, shape)
+    left, right = (full, empty) if side > 0 else (empty, full)
+    return left, right, 1, (
+        f"lungs could not be separated: after {p['max_erosions']} erosions no two components "
+        f"with volume ratio < {p['max_lung_volume_ratio']:g} (one lung, or both as one mask)"
+    )
+
+
+def _finish_lungs(lungs, box, cover, run, timer):
+    """Stages 5 and 6 for each lung (one thread each): ``[(mask, where), ...]``.
+
+    The wall time is shared between ``extract_main`` and ``fill_2d_holes`` in proportion
+    to the work each lung's thread spent in them.
+    """
+
+    def finish(lung):
+        sub = bounding_box(lung)
+        t0 = time.perf_counter()
+        main = _extract_main(np.ascontiguousarray(lung[sub]), cover=cover)
+        t1 = time.perf_counter()
+        filled = _fill_holes_2d(main)
+        t2 = time.perf_counter()
+        where = tuple(
+            slice(b.start + s.start, b.start + s.stop) for b, s in zip(box, sub, strict=True)
+        )
+        return filled, where, t1 - t0, t2 - t1
+
+    t = time.perf_counter()
+    done = run(finish, lungs)
+    wall = time.perf_counter() - t
+    work = sum(d[2] + d[3] for d in done) or 1.0
+    timer.stages["extract_main"] = wall * sum(d[2] for d in done) / work
+    timer.stages["fill_2d_holes"] = wall * sum(d[3] for d in done) / work
+    return [(d[0], d[1]) for d in done]
 
 
 # =============================================================================================
 # Validation
 # =============================================================================================
+
+
+def _check_inputs(hu, spacing, direction, p):
+    """Validated ``(hu, spacing, direction)``; raises on any bad parameter in ``p``."""
+    hu = _check_volume(hu)
+    spacing = _check_spacing(spacing)
+    direction = _check_direction(direction)
+    if p["method"] not in SEGMENTATION_METHODS:
+        raise ValueError(f"method must be one of {SEGMENTATION_METHODS}, got {p['method']!r}")
+    _check_range(p["lung_volume_range_l"], "lung_volume_range_l")
+    for name in ("smoothing_sigma_px", "smoothing_truncate", "max_lung_volume_ratio",
+                 "airway_leak_ml", "pathology_gap_mm", "pathology_wall_mm"):
+        _check_positive(p[name], name)
+    if not p["airway_margin_mm"] >= 0:
+        raise ValueError(f"airway_margin_mm must be >= 0, got {p['airway_margin_mm']!r}")
+    for name, minimum in (("corner_patch_px", 1), ("cut_step_slices", 1), ("max_erosions", 1),
+                          ("threads", 0)):
+        _check_int(p[name], name, minimum)
+    if not 0.0 < p["slice_cover_fraction"] <= 1.0:
+        raise ValueError(
+            f"slice_cover_fraction must be in (0, 1], got {p['slice_cover_fraction']!r}"
+        )
+    return hu, spacing, direction
 
 
 def _check_volume(hu) -> np.ndarray:
@@ -871,22 +847,7 @@ def _select_lung_components(
     out = np.zeros(air.shape, dtype=bool)
     _paint(out.reshape(-1), nx, kept_runs)
     if cut > 0:
-        # Grow the kept mask back into the cut slices: a voxel there is kept when it is air
-        # and within `cut` 6-neighbour steps of the kept mask, and connected to it.
-        lo = max(nz - 2 * cut, 0)
-        top = out.copy()
-        top[lo:] = ndi.binary_dilation(out[lo:], _CONN_6, iterations=cut)
-        top[: nz - cut] = out[: nz - cut]
-        top[nz - cut :] &= air[nz - cut :]
-        top_runs = _runs(top)
-        top_lab, n_top = _label_runs(top_runs, air.shape, _CONN_6)
-        hit = np.zeros(n_top + 1, dtype=bool)
-        hit[_labels_at(top_runs, top_lab, nx, kept_runs[0], kept_runs[1])] = True
-        hit[0] = False
-        kept_runs = _take_runs(top_runs, hit[top_lab])
-        n_kept = int(hit.sum())
-        out[:] = False
-        _paint(out.reshape(-1), nx, kept_runs)
+        kept_runs, n_kept = _regrow_cut(out, air, kept_runs, cut)
     z, y = np.divmod(kept_runs[0], ny)
     box = (
         slice(int(z.min()), int(z.max()) + 1),
@@ -894,6 +855,29 @@ def _select_lung_components(
         slice(int(kept_runs[1].min()), int(kept_runs[2].max())),
     )
     return out, box, n_kept
+
+
+def _regrow_cut(out, air, kept_runs, cut):
+    """Grow the kept mask ``out`` back into the ``cut`` top slices (in place).
+
+    A voxel there is kept when it is air, within ``cut`` 6-neighbour steps of the kept
+    mask and connected to it. Returns the new runs and the number of components.
+    """
+    nz, nx = air.shape[0], air.shape[2]
+    lo = max(nz - 2 * cut, 0)
+    top = out.copy()
+    top[lo:] = ndi.binary_dilation(out[lo:], _CONN_6, iterations=cut)
+    top[: nz - cut] = out[: nz - cut]
+    top[nz - cut :] &= air[nz - cut :]
+    top_runs = _runs(top)
+    top_lab, n_top = _label_runs(top_runs, air.shape, _CONN_6)
+    hit = np.zeros(n_top + 1, dtype=bool)
+    hit[_labels_at(top_runs, top_lab, nx, kept_runs[0], kept_runs[1])] = True
+    hit[0] = False
+    kept_runs = _take_runs(top_runs, hit[top_lab])
+    out[:] = False
+    _paint(out.reshape(-1), nx, kept_runs)
+    return kept_runs, int(hit.sum())
 
 
 def _run_axis_distance(y, start, stop, ny, nx, spacing) -> np.ndarray:
@@ -1150,57 +1134,8 @@ def _exact_distance(points, seed, spacing, upper) -> np.ndarray:
 # =============================================================================================
 
 
-def _hull_edges(image: np.ndarray, r0: int = 0, c0: int = 0) -> np.ndarray:
-    """Hull vertices (doubled coordinates, in order) of the True pixels of ``image``.
-
-    As skimage's ``convex_hull_image``: the hull of the pixels' edge midpoints (centre
-    +- 0.5 along each axis); only the first and last pixel of every row and column can
-    contribute. Coordinates are doubled to stay integers; ``(r0, c0)`` is added first.
-    """
-    nr, nc = image.shape
-    r = np.flatnonzero(image.any(axis=1))
-    c = np.flatnonzero(image.any(axis=0))
-    first = image[r].argmax(axis=1)
-    last = nc - 1 - image[r, ::-1].argmax(axis=1)
-    top = image[:, c].argmax(axis=0)
-    bottom = nr - 1 - image[::-1, c].argmax(axis=0)
-    pts = np.concatenate(
-        [np.stack(p, axis=1) for p in ((r, first), (r, last), (top, c), (bottom, c))]
-    ).astype(np.int64)
-    pts = (pts + [r0, c0]) * 2
-    diamond = np.array([[-1, 0], [1, 0], [0, -1], [0, 1]], dtype=np.int64)
-    pts = (pts[:, None, :] + diamond).reshape(-1, 2) + 1  # >= 0 for the key
-    width = int(pts[:, 1].max()) + 1
-    key = np.unique(pts[:, 0] * width + pts[:, 1])
-    pts = np.stack([key // width, key % width], axis=1) - 1
-    hull = ConvexHull(pts)
-    return pts[hull.vertices]
-
-
-def _in_hull(vertices: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """bool per pixel: centre inside or on the hull (integer arithmetic, no tolerance)."""
-    p = np.stack([rows, cols], axis=1).astype(np.int64) * 2
-    v0 = vertices
-    edge = np.roll(vertices, -1, axis=0) - v0
-    rel = p[:, None, :] - v0[None, :, :]
-    cross = edge[None, :, 0] * rel[:, :, 1] - edge[None, :, 1] * rel[:, :, 0]
-    return np.all(cross >= 0, axis=1) | np.all(cross <= 0, axis=1)
-
-
-def _convex_hull_image_2d(image: np.ndarray) -> np.ndarray:
-    """skimage ``convex_hull_image(image)`` for 2-D images (default arguments), exact.
-
-    Integer arithmetic on doubled coordinates, so pixels on the hull's boundary are in
-    without a tolerance. An empty image gives an empty hull (skimage warns).
-    """
-    out = np.zeros(image.shape, dtype=bool)
-    if not image.any():
-        return out
-    (r0, r1), (c0, c1) = ((s.start, s.stop) for s in bounding_box(image))
-    vertices = _hull_edges(image[r0:r1, c0:c1], r0, c0)
-    gr, gc = np.mgrid[r0:r1, c0:c1]
-    out[r0:r1, c0:c1] = _in_hull(vertices, gr.ravel(), gc.ravel()).reshape(gr.shape)
-    return out
+#: skimage ``convex_hull_image`` for 2-D images, exact (one implementation, in geometry).
+_convex_hull_image_2d = convex_hull_2d
 
 
 def _extract_main(lung: np.ndarray, *, cover: float) -> np.ndarray:
@@ -1272,8 +1207,8 @@ def _extract_main(lung: np.ndarray, *, cover: float) -> np.ndarray:
                     piece = np.zeros((y1[s] - y0[s], x1[s] - x0[s]), dtype=bool)
                     sr, sc = pixels(s)
                     piece[sr - y0[s], sc - x0[s]] = True
-                    hulls[s] = _hull_edges(piece, int(y0[s]), int(x0[s]))
-                inside |= _in_hull(hulls[s], rr, cc)
+                    hulls[s] = hull_vertices(piece, int(y0[s]), int(x0[s]))
+                inside |= points_in_hull(hulls[s], rr, cc)
             if inside is not None and inside.any():
                 out[zk, rr[inside], cc[inside]] = True
     return _largest_component(out, _CONN_26)

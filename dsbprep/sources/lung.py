@@ -209,6 +209,7 @@ class LungSource(SourceBase):
                                   tv.original_index(np.array(tv.image.shape) - 1).tolist()],
             "lungs_found": masks.found,
             "segmentation_note": masks.reason,
+            "segmentation_method": masks.method,
             "lung_volume_ml": {"left": float(masks.left.sum() * voxel_ml),
                                "right": float(masks.right.sum() * voxel_ml)},
             "nodules": nodules,

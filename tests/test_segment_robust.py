@@ -1,0 +1,231 @@
+"""Tests of ``segment_lungs(method="robust")`` (dsbprep.segment_robust, issue 17).
+
+Pathology is written into real scans (LIDC-IDRI-0001 and the CIP COPDGene scan): textured
+soft-tissue lesions (-100..+60 HU) abutting the pleura - round juxtapleural nodules of 10,
+20 and 30 mm, a posterior consolidation band (the dependent 20 mm of the right lung) over
+40 mm of slices - and a
+ground-glass patch (-600..-300 HU). Each lesion is the part of its shape inside grt123's
+mask of the unmodified scan, so the truth is that mask itself. The masks of each scan are
+computed once per module.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import nrrd
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from dsbprep.dicom import load_scan
+from dsbprep.segment import LungMasks, segment_lungs
+
+logger = logging.getLogger(__name__)
+
+# Lesion shapes (mm): nodule radii and sites, the band, the ground-glass patch.
+NODULES = (("right", 20.0, "lateral", 15.0), ("left", 0.0, "lateral", 10.0),
+           ("left", -30.0, "posterior", 5.0))
+BAND_Z_MM = (-45.0, -5.0)  # relative to the right lung's middle slice
+BAND_THICKNESS_MM = 20.0  # the posterior-most (dependent) layer of the right lung
+GROUND_GLASS = ("left", 40.0, "lateral", 12.0)
+SOLID_HU, GROUND_GLASS_HU = (-100, 60), (-600, -300)
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
+
+
+def texture(rng, shape, spacing, lo, hi) -> np.ndarray:
+    """Smooth random texture (2 mm correlation) spanning lo..hi HU."""
+    field = ndi.gaussian_filter(rng.standard_normal(shape), 2.0 / np.asarray(spacing))
+    field = (field - field.min()) / (np.ptp(field) + 1e-9)
+    return np.rint(lo + (hi - lo) * field).astype(np.int16)
+
+
+def pleura_point(lung: np.ndarray, z: int, site: str) -> tuple[int, int, int]:
+    """A boundary voxel of ``lung`` in slice z: lateral (middle row) or posterior (middle column)."""
+    ys, xs = np.nonzero(lung[z])
+    if site == "posterior":
+        x = int(np.median(xs))
+        return z, int(ys[xs == x].max()), x
+    y = int(np.median(ys))
+    row = xs[ys == y]
+    return z, y, int(row.min() if np.median(xs) < lung.shape[2] / 2 else row.max())
+
+
+def ball(shape, spacing, centre, radius) -> np.ndarray:
+    zz, yy, xx = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    d2 = sum(((g - c) * s) ** 2 for g, c, s in zip((zz, yy, xx), centre, spacing, strict=True))
+    return d2 <= radius**2
+
+
+def insert_lesions(hu, spacing, masks: LungMasks, rng):
+    """(hu with lesions, lesion mask, ground-glass mask) - lesions inside grt123's lungs."""
+    hu = hu.copy()
+    lungs = {"left": masks.left, "right": masks.right}
+    zs = np.flatnonzero(masks.right.any(axis=(1, 2)))
+    z_mid = int(zs[0] + zs[-1]) // 2
+    solid = np.zeros(hu.shape, dtype=bool)
+    for side, dz, site, radius in NODULES:
+        lung = lungs[side]
+        solid |= ball(hu.shape, spacing, pleura_point(lung, z_mid + int(dz / spacing[0]), site),
+                      radius) & lung
+    z_band = slice(z_mid + int(BAND_Z_MM[0] / spacing[0]), z_mid + int(BAND_Z_MM[1] / spacing[0]))
+    right = masks.right[z_band]
+    y = np.arange(hu.shape[1])[None, :, None]
+    back = np.where(right, y, -1).max(axis=(1, 2), keepdims=True)
+    solid[z_band] |= right & (y > back - BAND_THICKNESS_MM / spacing[1])  # dependent layer
+    side, dz, site, radius = GROUND_GLASS
+    lung = lungs[side]
+    glass = ball(hu.shape, spacing, pleura_point(lung, z_mid + int(dz / spacing[0]), site),
+                 radius) & lung & ~solid
+    hu[solid] = texture(rng, hu.shape, spacing, *SOLID_HU)[solid]
+    hu[glass] = texture(rng, hu.shape, spacing, *GROUND_GLASS_HU)[glass]
+    return hu, solid | glass
+
+
+def run_case(hu, spacing, direction):
+    """grt123 and robust masks of the unmodified scan and of the scan with lesions."""
+    grt = segment_lungs(hu, spacing, direction=direction)
+    assert grt.ok, grt.reason
+    sick, lesion = insert_lesions(hu, spacing, grt, np.random.default_rng(17))
+    out = {"grt123": grt, "lesion": lesion}
+    out["robust"] = segment_lungs(hu, spacing, direction=direction, method="robust")
+    out["grt123_sick"] = segment_lungs(sick, spacing, direction=direction)
+    out["robust_sick"] = segment_lungs(sick, spacing, direction=direction, method="robust")
+    return out
+
+
+@pytest.fixture(scope="module")
+def lidc(lidc_dir):
+    scan = load_scan(lidc_dir)
+    return scan, run_case(scan.hu, scan.spacing, scan.direction)
+
+
+@pytest.fixture(scope="module")
+def cip(ct64_dir, cip_dir):
+    scan = load_scan(ct64_dir)
+    folder = cip_dir / "Testing" / "Data" / "Input"
+    whole, _ = nrrd.read(str(folder / "wholeLung-64.nrrd"))
+    labels, _ = nrrd.read(str(folder / "lm-64.nrrd"))
+    truth = {"whole": whole.transpose(2, 1, 0) > 0,
+             "airway": (labels.transpose(2, 1, 0) >> 8) == 2}  # ChestType 2 = airway
+    return scan, run_case(scan.hu, scan.spacing, scan.direction), truth
+
+
+def lesion_figures(case) -> dict[str, float]:
+    lesion, truth = case["lesion"], case["grt123"].union
+    out = {}
+    for method in ("grt123", "robust"):
+        mask = case[f"{method}_sick"].union
+        out[f"{method}_inside"] = np.count_nonzero(mask & lesion) / np.count_nonzero(lesion)
+        out[f"{method}_dice"] = dice(mask, truth)
+    logger.info("lesions: %s", {k: round(v, 4) for k, v in out.items()})
+    return out
+
+
+# =============================================================================================
+# LIDC-IDRI-0001
+# =============================================================================================
+
+
+def test_lidc_lesions_inside_robust_mask(lidc):
+    _, case = lidc
+    fig = lesion_figures(case)
+    assert fig["robust_inside"] >= 0.95, fig
+    assert fig["grt123_inside"] < 0.5, fig  # grt123 cuts them out (measured: 0.002)
+    assert fig["robust_dice"] >= 0.98, fig
+
+
+def test_lidc_normal_lungs_per_lung_dice(lidc):
+    _, case = lidc
+    grt, rob = case["grt123"], case["robust"]
+    assert rob.method == "robust" and grt.method == "grt123" and rob.ok
+    assert dice(rob.left, grt.left) >= 0.97
+    assert dice(rob.right, grt.right) >= 0.97
+    assert not (rob.left & rob.right).any()
+
+
+def test_lidc_airways_found_and_removed(lidc):
+    scan, case = lidc
+    stages = case["robust"].stages
+    assert 10.0 < stages["airway_ml"] < 100.0, stages  # trachea + main/lobar bronchi
+    assert stages["airway_removed_ml"] > 5.0, stages  # grt123's mask held the bronchi
+    # the trachea above the carina: air in the midline of the top lung slices, not in the mask
+    top = np.flatnonzero(case["robust"].union.any(axis=(1, 2)))[-1]
+    z = top - int(20 / scan.spacing[0])
+    air = scan.hu[z] < -950
+    assert not (air & case["robust"].union[z])[:, 200:300].sum() > 50
+
+
+def test_lidc_left_right_anatomical(lidc):
+    scan, case = lidc
+    rob = case["robust_sick"]
+    centre = scan.hu.shape[2] / 2
+    # identity direction: the patient's left lung lies at larger x
+    assert np.argwhere(rob.left)[:, 2].mean() > centre > np.argwhere(rob.right)[:, 2].mean()
+
+
+def test_lidc_one_collapsed_lung_still_yields_the_other(lidc):
+    scan, case = lidc
+    grt = case["grt123"]
+    hu = scan.hu.copy()
+    collapsed = ndi.binary_dilation(grt.right, iterations=2)
+    hu[collapsed] = texture(np.random.default_rng(3), hu.shape, scan.spacing, *SOLID_HU)[collapsed]
+    rob = segment_lungs(hu, scan.spacing, direction=scan.direction, method="robust")
+    assert rob.found >= 1
+    assert dice(rob.left, grt.left) >= 0.95
+    assert np.count_nonzero(rob.right & grt.right) < 0.05 * np.count_nonzero(grt.right)
+
+
+def test_grt123_default_unchanged(lidc):
+    _, case = lidc
+    assert case["grt123"].method == "grt123"
+    assert "robust" not in case["grt123"].stages
+
+
+def test_method_is_validated():
+    with pytest.raises(ValueError, match="method"):
+        segment_lungs(np.zeros((2, 8, 8)), (1, 1, 1), method="lungmask")
+
+
+# =============================================================================================
+# CIP COPDGene (4 mm voxels)
+# =============================================================================================
+
+
+def test_cip_whole_lung_dice_not_below_grt123(cip):
+    _, case, truth = cip
+    grt = dice(case["grt123"].union, truth["whole"])
+    rob = dice(case["robust"].union, truth["whole"])
+    assert grt == pytest.approx(0.944, abs=0.001)
+    assert rob >= grt, (rob, grt)  # measured: 0.9464 vs 0.9443
+
+
+def test_cip_lesions_dice_with_truth(cip):
+    _, case, _ = cip
+    fig = lesion_figures(case)
+    assert fig["robust_dice"] >= 0.98, fig
+    assert fig["grt123_inside"] < 0.5, fig  # measured: 0.026
+
+
+def test_cip_lesions_inside_robust_mask(cip):
+    _, case, _ = cip
+    assert lesion_figures(case)["robust_inside"] >= 0.95
+
+
+@pytest.mark.xfail(strict=True, reason="issue 17 open: robust keeps 98 of grt123's 205 CIP airway "
+                   "voxels (48 %); the bronchi are not resolved beyond the main bronchi at 4 mm")
+def test_cip_airway_voxels_below_a_tenth_of_grt123(cip):
+    _, case, truth = cip
+    grt = np.count_nonzero(case["grt123"].union & truth["airway"])
+    rob = np.count_nonzero(case["robust"].union & truth["airway"])
+    assert rob < 0.1 * grt, (rob, grt)
+
+
+def test_cip_airway_voxels_fewer_than_grt123(cip):
+    _, case, truth = cip
+    grt = np.count_nonzero(case["grt123"].union & truth["airway"])
+    rob = np.count_nonzero(case["robust"].union & truth["airway"])
+    assert rob < 0.6 * grt, (rob, grt)  # measured: 98 vs 205
