@@ -9,30 +9,44 @@ Inputs
     ``phantom``      the embedded default cohort: synthetic chest CTs written as DICOM
     ``io``           every file reader: ``io.dicom`` a DICOM series -> one HU volume with its
                      geometry (bounded inflation of deflated files), ``io.volume``
-                     MetaImage/NIfTI/NRRD files (``load_volume``), ``io.frame`` single DICOM
-                     frames; ``dicom`` is an alias of ``io.dicom``
+                     MetaImage/NIfTI/NRRD files (``load_volume``), ``io.nrrd`` bounded NRRD
+                     decoding, ``io.headers`` checks of a volume header before any read
+                     (detached data inside the case, voxel cap), ``io.inflate`` capped
+                     decompressors, ``io.frame`` single DICOM frames, ``io.tags`` tag
+                     helpers; ``dicom`` is an alias of ``io.dicom``
     ``sources``      one input layout per source (lung CT from DICOM folders or volume files,
                      nnU-Net/Decathlon volumes, contours, RLE, NRRD) -> cases
 Per case (in the build's worker processes)
     ``segment``      grt123's left/right lung segmentation of the HU volume
+                     (``method="grt123"``, exact) or its robust refinement
+    ``segment_robust`` airways out, pleural pathology in (``method="robust"``)
+    ``defaults``     the segmentation and preprocessing defaults, written once
     ``geometry``     voxel <-> world coordinates, bounding boxes
     ``preprocess``   HU volume + lung masks -> grt123's training volume
     ``annotations``  nodule annotations (LIDC XML, LUNA16 CSV) -> boxes in the stored frame
     ``splits``       train/val/test assignment by patient
     ``encode``       a case -> the file's compressed chunks, away from the writer
 Dataset file
-    ``store``        the HDF5 format: format, writer, reader, recovery
+    ``store``        the HDF5 format: ``format`` (layout, constants, ``CaseData``),
+                     ``schema`` (validation of a file and its index rows), ``reader``
+                     (``open_dataset``), ``writer`` (``DatasetWriter``), ``recovery``
+                     (crash recovery, locking)
     ``build``        discover cases, process them in parallel, append them (resumable)
     ``verify``       re-read every case and check it
     ``report``       the visual QA report (HTML + PNGs)
     ``viz``          every figure: cases, slices, patches
 Training
     ``patches``      where to cut patches: samplers of patch origins
-    ``augment``      random spatial transforms, drawn then applied
+    ``augment``      random transforms, drawn then applied: ``spatial`` (flip, rot90,
+                     rotation, scaling) composed by ``compose`` into one mapping that
+                     ``resample`` (``_kernels``) applies once per patch; ``intensity``
+                     (image only); ``presets`` (``preset = nnunet``)
     ``loader``       batches of augmented patches, reproducible and worker-safe
-    ``adapters``     PyTorch and Keras datasets over the loader
+    ``adapters``     PyTorch and Keras datasets over the loader (``ring``: the shared-memory
+                     batch slots of the PyTorch adapter)
 Afterwards
-    ``export``       grt123 ``_clean.npy``/``_label.npy`` or npz files
+    ``export``       grt123 ``_clean.npy``/``_label.npy`` + split lists, an nnU-Net v2 raw
+                     dataset, or npz files
     ``evaluate``     scores of predicted masks against ground truth, per case
     ``metrics``      Dice, surface Dice, percentile Hausdorff distance
 Around
