@@ -682,6 +682,32 @@ def save_slices_figure(
     return _save(fig, path, dpi, rect=(0, 0.07, 1, 1))
 
 
+#: At most this many recorded parameters per transform in a patch title.
+_OP_KEYS = 2
+
+
+def _op_label(params: Mapping[str, Any]) -> str:
+    """A short title for one transform's recorded parameters: ``rotate degrees=12.3``.
+
+    Examples
+    --------
+    >>> _op_label({"name": "rotate", "degrees": 12.345, "seed": 7})
+    'rotate degrees=12.3'
+    >>> _op_label({"name": "flip", "axes": ["z", "x"]})
+    "flip axes=['z', 'x']"
+    """
+    shown = []
+    for key, value in params.items():
+        if key in ("name", "seed") or value is None:
+            continue
+        if isinstance(value, float):
+            value = f"{value:.3g}"
+        elif isinstance(value, list | tuple) and value and all(isinstance(v, float) for v in value):
+            value = "(" + ", ".join(f"{v:.3g}" for v in value) + ")"
+        shown.append(f"{key}={value}")
+    return " ".join([str(params.get("name", "?")), *shown[:_OP_KEYS]])
+
+
 def save_patches_figure(samples: Sequence[Any], path: str | os.PathLike, *, dpi: int = 80) -> Path:
     """Save augmented training patches: the image above, the outlined mask and boxes below.
 
@@ -721,10 +747,7 @@ def save_patches_figure(samples: Sequence[Any], path: str | os.PathLike, *, dpi:
         draw_slice(
             axes[0, col], image, None, window=window, letters=False, title=f"{s.case_id} @ {origin}"
         )
-        ops = ", ".join(
-            f"{p.get('name')} {p.get('axes', p.get('k', p.get('degrees')))}"
-            for p in getattr(s, "params", []) or []
-        )
+        ops = ", ".join(_op_label(p) for p in getattr(s, "params", []) or [])
         draw_slice(
             axes[1, col],
             image,
