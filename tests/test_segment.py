@@ -564,3 +564,15 @@ def test_ct64_matches_whole_lung_label(ct64_dir, cip_dir):
     serial = segment_lungs(scan.hu, scan.spacing, direction=scan.direction, threads=1)
     np.testing.assert_array_equal(serial.left, masks.left)
     np.testing.assert_array_equal(serial.right, masks.right)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_centroid_equals_center_of_mass(seed):
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(v) for v in rng.integers(1, 40, size=3))
+    mask = rng.random(shape) < rng.uniform(0.01, 0.9)
+    mask.flat[0] = True  # non-empty
+    view = mask[:, ::-1, 1:] if shape[2] > 1 and seed % 2 else mask  # strided views too
+    expected = np.array(ndi.center_of_mass(view))
+    np.testing.assert_allclose(S._centroid(view), expected, rtol=0, atol=1e-9)
+    np.testing.assert_array_equal(S._centroid(view), S._centroid_plain(view))
