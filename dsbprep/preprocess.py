@@ -90,21 +90,6 @@ class TrainingVolume:
         return np.asarray(original_index, float) / self.index_scale - self.crop_box[:, 0]
 
 
-def _erode_cross_2d(mask: np.ndarray) -> np.ndarray:
-    """``ndimage.binary_erosion(mask, border_value=0)`` (4-connected cross) with four slices.
-
-    A pixel stays when it and its 4 neighbours are set; pixels on the image border
-    never stay. (No longer used by the hull, which lives in :mod:`dsbprep.geometry`;
-    kept for tests/test_preprocess.py.) A few vectorised ANDs instead of scipy's generic erosion: ~10x
-    faster on the small crops of a lung slice.
-    """
-    out = np.zeros_like(mask)
-    if mask.shape[0] > 2 and mask.shape[1] > 2:
-        c = mask[1:-1, 1:-1]
-        out[1:-1, 1:-1] = c & mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2] & mask[1:-1, 2:]
-    return out
-
-
 def convex_hull_slices(mask: np.ndarray, max_area_ratio: float = 2.0) -> np.ndarray:
     """Replace each axial slice of ``mask`` by its convex hull, unless that grows it too much.
 

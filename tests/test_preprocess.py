@@ -130,12 +130,18 @@ def test_resample_box_other_dtypes_close_to_zoom():
 
 @pytest.mark.parametrize("seed", range(10))
 def test_erode_cross_2d_equals_scipy(seed):
-    from dsbprep.preprocess import _erode_cross_2d
+    from dsbprep.geometry import erode_cross_in_plane as _erode_cross_2d
 
     rng = np.random.default_rng(seed)
     shape = (int(rng.integers(1, 40)), int(rng.integers(1, 40)))
     mask = _blobs(rng, shape, 0.45) if min(shape) > 3 else rng.random(shape) > 0.3
     np.testing.assert_array_equal(_erode_cross_2d(mask), ndimage.binary_erosion(mask, border_value=0))
+    stack = rng.random((3, *shape)) > 0.3  # planes of a volume: the cross as the middle plane
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    structure[1] = ndimage.generate_binary_structure(2, 1)
+    np.testing.assert_array_equal(
+        _erode_cross_2d(stack), ndimage.binary_erosion(stack, structure, border_value=0)
+    )
 
 
 def test_geometry_round_trip():

@@ -229,3 +229,23 @@ def test_cip_airway_voxels_fewer_than_grt123(cip):
     grt = np.count_nonzero(case["grt123"].union & truth["airway"])
     rob = np.count_nonzero(case["robust"].union & truth["airway"])
     assert rob < 0.6 * grt, (rob, grt)  # measured: 98 vs 205
+
+
+@pytest.mark.parametrize("shape", [(3, 12, 12), (2, 13, 17), (1, 5, 4)])
+@pytest.mark.parametrize("k", [(2, 2), (3, 3), (3, 2), (1, 1)])
+def test_pooling_helpers_equal_plain_block_reductions(shape, k):
+    from dsbprep.segment_robust import _min_pool, _pool_majority
+
+    rng = np.random.default_rng(sum(shape) + 7 * k[0] + k[1])
+    hu = rng.integers(-1000, 400, size=shape).astype(np.int16)
+    mask = rng.random(shape) < 0.5
+    ny, nx = -(-shape[1] // k[0]), -(-shape[2] // k[1])
+    want_min = np.empty((shape[0], ny, nx), np.int16)
+    want_majority = np.empty((shape[0], ny, nx), bool)
+    for y in range(ny):
+        for x in range(nx):
+            block = (slice(None), slice(y * k[0], (y + 1) * k[0]), slice(x * k[1], (x + 1) * k[1]))
+            want_min[:, y, x] = hu[block].min(axis=(1, 2))
+            want_majority[:, y, x] = 2 * mask[block].sum(axis=(1, 2)) > k[0] * k[1]
+    np.testing.assert_array_equal(_min_pool(hu, k), want_min)
+    np.testing.assert_array_equal(_pool_majority(mask, (1, *k)), want_majority)
