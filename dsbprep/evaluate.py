@@ -59,7 +59,7 @@ def _hdf5_pairs(
         for record in dt:
             truth_mask = record.mask
             spacing = record.spacing
-            if int(record.row["ndim"]) == 2 and truth_mask.shape[0] == 1:
+            if record.ndim == 2 and truth_mask.shape[0] == 1:
                 truth_mask, spacing = truth_mask[0], spacing[1:]
             if record.case_id not in dp:
                 yield record.case_id, None, truth_mask, spacing, f"missing from {pred}"

@@ -220,7 +220,10 @@ def label_rule_of(records: Iterable[CaseRecord]) -> str:
     return "+".join(rules) if rules else "none"
 
 
-def _select(ds: DsbDataset, cases: Iterable[str] | None, split: str | None) -> list[CaseRecord]:
+def _select(ds: DsbDataset, cases: Iterable[str] | None, split: str | None,
+            strict: bool = False) -> list[CaseRecord]:
+    """The cases to export: named ones, else every readable one (unreadable: a warning each,
+    or DatasetFormatError with ``strict``), then those of ``split``."""
     if cases is not None:
         cases = list(cases)
         missing = [c for c in cases if c not in ds and c not in ds.unreadable]
@@ -228,7 +231,7 @@ def _select(ds: DsbDataset, cases: Iterable[str] | None, split: str | None) -> l
             raise DatasetFormatError(f"{ds.path}: no case(s) {missing} (it holds {len(ds)} cases)")
         records = [ds[c] for c in cases]
     else:
-        records = list(ds.iter_cases())  # unreadable cases skipped, a warning names each
+        records = list(ds.iter_cases(strict=strict))  # unreadable: skipped with a warning
     if split is not None:
         records = [r for r in records if r.split == split]
     return records
@@ -322,6 +325,7 @@ def export_grt123(
     *,
     cases: Iterable[str] | None = None,
     split: str | None = None,
+    strict: bool = False,
     names: str = "kaggle",
     diameter: str = "luna16",
 ) -> list[Path]:
@@ -337,6 +341,9 @@ def export_grt123(
         Only these case ids (all by default).
     split : {"train", "val", "test"}, optional
         Only the cases of this split.
+    strict : bool
+        Refuse (DatasetFormatError, nothing written) when a case of the file is
+        unreadable; by default such a case is skipped with a warning naming it.
     names : {"kaggle", "luna", "as-is"}
         How file names are made from case ids (:func:`grt123_names`).
     diameter : {"luna16", "axial"}
@@ -368,7 +375,7 @@ def export_grt123(
     written: list[Path] = []
     with open_dataset(dataset_path) as ds:
         _check_grt123_file(ds)
-        records = _select(ds, cases, split)
+        records = _select(ds, cases, split, strict)
         name_of = grt123_names([_safe_name(r.case_id, ds.path) for r in records], names)
         _warn_about_names(name_of)
         outdir.mkdir(parents=True, exist_ok=True)
@@ -459,6 +466,7 @@ def export_nnunet(
     *,
     cases: Iterable[str] | None = None,
     split: str | None = None,
+    strict: bool = False,
     channel_name: str | None = None,
 ) -> list[Path]:
     """Write an nnU-Net v2 raw dataset (``imagesTr``, ``labelsTr``, ``imagesTs``, dataset.json).
@@ -478,7 +486,7 @@ def export_nnunet(
         A 3-D dsbprep dataset file (any source).
     outdir : str or Path
         The nnU-Net dataset folder (created when absent); existing files are replaced.
-    cases, split
+    cases, split, strict
         See :func:`export_grt123`.
     channel_name : str, optional
         dataset.json's ``channel_names["0"]``, which picks nnU-Net's intensity
@@ -502,7 +510,7 @@ def export_nnunet(
             raise DatasetFormatError(
                 f"{ds.path}: holds 2-D {ds.kind!r} cases; the nnunet export needs 3-D"
             )
-        records = _select(ds, cases, split)
+        records = _select(ds, cases, split, strict)
         labels = _nnunet_labels(ds, records)
         for sub in ("imagesTr", "labelsTr", "imagesTs"):
             (outdir / sub).mkdir(parents=True, exist_ok=True)
@@ -529,6 +537,7 @@ def export_npz(
     *,
     cases: Iterable[str] | None = None,
     split: str | None = None,
+    strict: bool = False,
     compress: bool = True,
 ) -> list[Path]:
     """Write one ``<case>.npz`` per case in seed 000's layout (``arr_0`` = the volume).
@@ -544,7 +553,7 @@ def export_npz(
         A dsbprep dataset file (3-D or 2-D).
     outdir : str or Path
         Output folder (created when absent); existing files are replaced.
-    cases, split
+    cases, split, strict
         See :func:`export_grt123`.
     compress : bool
         ``np.savez_compressed`` (as seed 000) or plain ``np.savez``.
@@ -574,7 +583,7 @@ def export_npz(
     save = np.savez_compressed if compress else np.savez
     written: list[Path] = []
     with open_dataset(dataset_path) as ds:
-        records = _select(ds, cases, split)
+        records = _select(ds, cases, split, strict)
         outdir.mkdir(parents=True, exist_ok=True)
         for rec in records:
             name = _safe_name(rec.case_id, ds.path)
@@ -627,6 +636,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-compress", action="store_true", help="npz: np.savez instead of savez_compressed"
     )
+    parser.add_argument(
+        "--strict", action="store_true", help="refuse (exit 1, nothing written) when any case of "
+        "the file is unreadable, instead of skipping it with a warning naming it",
+    )
     return parser
 
 
@@ -634,17 +647,17 @@ def _run(args: argparse.Namespace) -> tuple[int, str]:
     """Run the export ``args`` asks for; (number of cases, a note for the summary line)."""
     if args.format == "grt123":
         files = export_grt123(args.dataset, args.outdir, cases=args.cases, split=args.split,
-                              names=args.names, diameter=args.diameter)
+                              strict=args.strict, names=args.names, diameter=args.diameter)
         manifest = json.loads((Path(args.outdir) / MANIFEST).read_text())
         return len(manifest["cases"]), f" (label rule {manifest['label_rule']}, names {args.names})"
     if args.format == "nnunet":
         export_nnunet(args.dataset, args.outdir, cases=args.cases, split=args.split,
-                      channel_name=args.channel_name)
+                      strict=args.strict, channel_name=args.channel_name)
         info = json.loads((Path(args.outdir) / "dataset.json").read_text())
         n_test = len(info["dsbprep"]["test_cases"])
         return info["numTraining"] + n_test, f" ({info['numTraining']} training, {n_test} test)"
     files = export_npz(args.dataset, args.outdir, cases=args.cases, split=args.split,
-                       compress=not args.no_compress)
+                       strict=args.strict, compress=not args.no_compress)
     return len(files), ""
 
 

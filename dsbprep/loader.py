@@ -766,7 +766,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (see the module docstring); returns the exit status."""
-    from tqdm import tqdm
 
     from .config import load_config
     from .errors import DsbprepError
@@ -781,6 +780,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError, DsbprepError) as err:
         print(f"dsbprep.loader: {err}", file=sys.stderr)
         return 2
+    try:
+        _run_cli(loader, args, config)
+    except DsbprepError as err:  # e.g. a case whose metadata is unreadable, met mid-epoch
+        print(f"dsbprep.loader: {err}", file=sys.stderr)
+        return 1
+    finally:
+        loader.close()
+    return 0
+
+
+def _run_cli(loader: BatchLoader, args: argparse.Namespace, config: Any) -> None:
+    """What ``python -m dsbprep.loader`` does once its loader is made."""
+    from tqdm import tqdm
+
     epochs = loader.epochs if loader.epochs is not None else 1
     unit = "pixels" if loader.two_d else "voxels"
     size = (*loader.patch_size, 1)
@@ -820,8 +833,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"Loaded {patches} patches in {seconds:.2f} s ({patches / max(seconds, 1e-9):.1f} patches/s)"
         )
-    loader.close()
-    return 0
 
 
 if __name__ == "__main__":

@@ -396,6 +396,7 @@ def summarize_dataset(
     max_ratio: float = MAX_LUNG_RATIO,
     outlier_mads: float = LUNG_OUTLIER_MADS,
     max_mask_fraction: float = MAX_MASK_FRACTION,
+    strict: bool = False,
 ) -> DatasetSummary:
     """Summarise a dataset file and flag suspicious cases (no figures).
 
@@ -409,6 +410,9 @@ def summarize_dataset(
         Robust outlier rule (:func:`outlier_flags`).
     max_mask_fraction : float
         2-D files: a mask covering more than this fraction of its image is flagged.
+    strict : bool
+        Refuse (DatasetFormatError) a file with an unreadable case; by default such a
+        case is skipped with a warning and listed with the failures as ``unreadable``.
 
     Returns
     -------
@@ -423,7 +427,7 @@ def summarize_dataset(
     with open_dataset(path) as ds:
         kind = ds.kind
         attrs = {k: _plain(v) for k, v in ds.attrs.items()}
-        readable = [r.position for r in ds.iter_cases(check_meta=True)]  # warns about the others
+        readable = [r.position for r in ds.iter_cases(strict=strict, check_meta=True)]
         cases = [_summarise_case(ds, i, kind) for i in readable]
         failures = {**ds.failures, **{k: f"unreadable: {v}" for k, v in ds.unreadable.items()}}
     lung_file = kind == "volume" and attrs.get("source") in ("lung", "nrrd")
@@ -660,6 +664,7 @@ def write_report(
     max_cases: int | None = None,
     axial_slices: int = DEFAULT_AXIAL_SLICES,
     sheet_tiles: int = DEFAULT_SHEET_TILES,
+    strict: bool = False,
     **thresholds: float,
 ) -> Path:
     """Write the QA report of a dataset file into the folder ``out``.
@@ -678,6 +683,8 @@ def write_report(
         Axial slices per montage (3-D files).
     sheet_tiles : int
         Slices per PNG sheet (2-D files).
+    strict : bool
+        See :func:`summarize_dataset`.
     **thresholds
         Keyword arguments of :func:`summarize_dataset` (``min_total_l``, ...).
 
@@ -692,7 +699,7 @@ def write_report(
         As :func:`dsbprep.store.open_dataset`.
     """
     t0 = time.perf_counter()
-    summary = summarize_dataset(path, **thresholds)
+    summary = summarize_dataset(path, strict=strict, **thresholds)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for old in [*out.glob("cases/*.png"), *out.glob("sheets/*.png")]:
@@ -818,6 +825,10 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_AXIAL_SLICES,
         help=f"axial slices per montage (default {DEFAULT_AXIAL_SLICES})",
     )
+    p.add_argument(
+        "--strict", action="store_true", help="refuse (exit 2, no report) a file with an "
+        "unreadable case, instead of listing it with the failures",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -834,7 +845,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         dataset = args.dataset or load_config(args.config).get("paths", "output_filename")
-        index = write_report(dataset, args.out, max_cases=args.max_cases, axial_slices=args.slices)
+        index = write_report(dataset, args.out, max_cases=args.max_cases, axial_slices=args.slices,
+                             strict=args.strict)
     except (DsbprepError, FileNotFoundError, ValueError, OSError) as err:
         print(f"dsbprep.report: error: {err}", file=sys.stderr)
         return 2

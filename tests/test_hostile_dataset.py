@@ -74,6 +74,39 @@ def test_hostile_file(name, base, tmp_path, caplog):
     assert rss.growth_mib < MAX_RSS_GROWTH_MIB
 
 
+@pytest.mark.parametrize("name", ["negative z0", "metadata not an object"])
+def test_strict_export_and_report_refuse_an_unreadable_case(name, base, tmp_path, capsys):
+    from dsbprep.export import main as export_main
+    from dsbprep.report import main as report_main
+
+    path = tmp_path / "d.h5"
+    shutil.copy(base, path)
+    HOSTILE[name][2](path)
+    if HOSTILE[name][0] == "row":  # the export reads no metadata: only a broken row stops it
+        assert export_main(["--format", "npz", "--strict", str(path), str(tmp_path / "npz")]) == 1
+        assert "case 'b'" in capsys.readouterr().err
+        assert not (tmp_path / "npz").exists()  # nothing written
+    assert report_main([str(path), "--out", str(tmp_path / "r"), "--strict"]) == 2
+    err = capsys.readouterr().err
+    assert "case 'b'" in err and "Traceback" not in err
+    assert not (tmp_path / "r" / "index.html").exists()
+
+
+def test_loader_cli_meets_unreadable_metadata_with_one_line(base, tmp_path, capsys):
+    from dsbprep.loader import main as loader_main
+
+    path = tmp_path / "d.h5"
+    shutil.copy(base, path)
+    HOSTILE["metadata not an object"][2](path)
+    config = tmp_path / "c.ini"
+    config.write_text("[loader]\nsampler = label\npatch_size = 4, 8, 8\n")
+    code = loader_main(["--input_filename", str(path), "--config", str(config),
+                        "--batchsize", "1", "--epochs", "1"])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "case 'b'" in err and "not a JSON object" in err and "Traceback" not in err
+
+
 def test_report_hostile_outcomes(capsys):
     # runs last in this file: what each command said per class, for docs/RELIABILITY.md
     with capsys.disabled():
