@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from ..store import CaseData
 
-__all__ = ["Task", "Source", "SourceBase", "SOURCES", "get_source", "listing_fingerprint"]
+__all__ = ["Task", "Source", "SourceBase", "SOURCES", "get_source", "listing_fingerprint", "as_pair"]
 
 #: Source name -> "module:class" (imported on demand).
 SOURCES = {
@@ -106,6 +106,20 @@ class SourceBase:
         return CaseData(case_id=task.case_id, image=image, mask=mask,
                         source_hash=task.fingerprint, meta={"source": self.name, **meta},
                         **fields)
+
+
+def as_pair(value: Any, cast: Any) -> tuple:
+    """A config value of one or two numbers as a tuple, one number repeated (``cast`` each).
+
+    Examples
+    --------
+    >>> as_pair(384, int), as_pair((1.2, 1.3), float), as_pair("0", int)
+    ((384, 384), (1.2, 1.3), (0, 0))
+    """
+    import numpy as np
+
+    values = tuple(cast(v) for v in np.atleast_1d(value))
+    return values * 2 if len(values) == 1 else values
 
 
 def listing_fingerprint(files: list[Path], root: Path) -> str:

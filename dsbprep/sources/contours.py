@@ -44,7 +44,7 @@ from skimage.draw import polygon as _fill_polygon
 from ..errors import MaskSourceError
 from ..io.frame import Frame, read_dicom_frame
 from ..store import CaseData
-from . import SourceBase, Task, listing_fingerprint
+from . import SourceBase, Task, as_pair, listing_fingerprint
 
 __all__ = [
     "LABEL_BLOOD_POOL",
@@ -452,8 +452,7 @@ class ContourSource(SourceBase):
                 f"[contours] max_area_fraction must be in (0, 1], got {self.max_area_fraction!r}"
             )
         if self.target_spacing is not None:
-            ts = tuple(float(v) for v in np.atleast_1d(self.target_spacing))
-            ts = ts * 2 if len(ts) == 1 else ts
+            ts = as_pair(self.target_spacing, float)
             if len(ts) != 2 or min(ts) <= 0:
                 raise ValueError(
                     f"[contours] target_spacing must be 1 or 2 positive mm values, got {self.target_spacing!r}"

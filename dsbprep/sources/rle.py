@@ -36,7 +36,7 @@ from ..errors import DsbprepError, MaskSourceError
 from ..io.dicom import read_dataset
 from ..io.frame import read_dicom_frame
 from ..store import CaseData
-from . import SourceBase, Task, listing_fingerprint
+from . import SourceBase, Task, as_pair, listing_fingerprint
 
 __all__ = [
     "NO_MASK",
@@ -414,8 +414,7 @@ class RLESource(SourceBase):
     image_dtype: str = "uint8"  # pad 0, default chunks: SourceBase's
 
     def __post_init__(self) -> None:
-        size = tuple(int(s) for s in np.atleast_1d(self.image_size))
-        size = size * 2 if len(size) == 1 else size
+        size = as_pair(self.image_size, int)
         if len(size) != 2 or min(size) < 0 or (0 in size and size != (0, 0)):
             raise ValueError(
                 f"[rle] image_size must be N, 'rows, columns' or 0, got {self.image_size!r}"
