@@ -366,23 +366,13 @@ def discover_rle_cases(data_directory: str | os.PathLike, *, csv_name: str = "")
                     )
                 files[image_id] = path
     unlabelled = sorted(set(files) - set(rows))
-    if unlabelled:
-        logger.warning(
-            "%s: %d DICOM files have no row in %s and are skipped (e.g. %s)",
-            root,
-            len(unlabelled),
-            csv_path.name,
-            files[unlabelled[0]],
-        )
     missing = sorted(set(rows) - set(files))
-    if missing:
-        logger.warning(
-            "%s: %d rows of %s have no DICOM file (e.g. %s)",
-            root,
-            len(missing),
-            csv_path.name,
-            missing[0],
-        )
+    for left_out, what, example in (
+        (unlabelled, "DICOM files have no row in {} and are skipped", files.get(unlabelled[0]) if unlabelled else ""),
+        (missing, "rows of {} have no DICOM file", missing[0] if missing else ""),
+    ):
+        if left_out:
+            logger.warning("%s: %d %s (e.g. %s)", root, len(left_out), what.format(csv_path.name), example)
     tasks = []
     for image_id in sorted(set(files) & set(rows)):
         path = files[image_id]
