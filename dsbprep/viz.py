@@ -684,6 +684,8 @@ def save_slices_figure(
 
 #: At most this many recorded parameters per transform in a patch title.
 _OP_KEYS = 2
+#: At most this many lines of transforms under a patch.
+_OP_LINES = 3
 
 
 def _op_label(params: Mapping[str, Any]) -> str:
@@ -708,6 +710,20 @@ def _op_label(params: Mapping[str, Any]) -> str:
     return " ".join([str(params.get("name", "?")), *shown[:_OP_KEYS]])
 
 
+def _wrapped(text: str, width: int = 2 * _TITLE_CHARS, lines: int = _OP_LINES) -> str:
+    """``text`` on at most ``lines`` lines of ``width`` characters (a patch title under a
+    panel), the rest cut with "...".
+
+    Examples
+    --------
+    >>> _wrapped("flip axes=['x'], rot90 k=1, rotate degrees=-13.3", width=20, lines=2)
+    "flip axes=['x'],\\nrot90 k=1, rotate..."
+    """
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width, max_lines=lines, placeholder="..."))
+
+
 def save_patches_figure(samples: Sequence[Any], path: str | os.PathLike, *, dpi: int = 80) -> Path:
     """Save augmented training patches: the image above, the outlined mask and boxes below.
 
@@ -729,7 +745,8 @@ def save_patches_figure(samples: Sequence[Any], path: str | os.PathLike, *, dpi:
     plt = _plt()
     if not samples:
         raise ValueError(f"{path}: no patches to draw")
-    fig, axes = plt.subplots(2, len(samples), figsize=(4 * len(samples), 8.6), squeeze=False)
+    # height leaves room for up to _OP_LINES lines of transforms above each lower panel
+    fig, axes = plt.subplots(2, len(samples), figsize=(4 * len(samples), 9.4), squeeze=False)
     labels: set[int] = set()
     for col, s in enumerate(samples):
         image, mask = np.asarray(s.image), np.asarray(s.mask)
@@ -757,7 +774,7 @@ def save_patches_figure(samples: Sequence[Any], path: str | os.PathLike, *, dpi:
             index=z,
             window=window,
             letters=False,
-            title=ops or "no augmentation",
+            title=_wrapped(ops) or "no augmentation",
         )
     _legend(
         fig,
