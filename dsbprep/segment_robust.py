@@ -374,7 +374,7 @@ def fill_pathology(
         blocks = _pathology_blocks(coarse[i], c_ok & ~coarse[1 - i], grid, medial)
         new = lung.copy()
         if blocks is not None:
-            new |= _unpool(blocks, k, lung.shape) & allowed & ~other
+            _add_blocks(new, blocks, k, allowed, other)
         out.append(new)
     both = out[0] & out[1] & ~(left | right)
     out[0] &= ~both
@@ -397,12 +397,13 @@ def _pathology_blocks(lung: np.ndarray, ok: np.ndarray, grid: _Grid, medial: flo
     outline = ndi.maximum_filter1d(lung, size=2 * (grid.gap_slices // 2) + 1, axis=0)
     outline &= ~erode_cross_in_plane(outline)  # its edge pixels are enough
     cand = _z_gaps(lung, grid.gap_slices) & ok
-    cand &= _within_outline(cand, outline, grid.spacing, grid.wall_mm, medial)
+    hulls: dict = {}  # slice -> hull equations, shared by both tests
+    cand &= _within_outline(cand, outline, grid.spacing, grid.wall_mm, medial, hulls)
     if not cand.any():
         return None
     rim = max(1, int(round(_RIM_MM / min(grid.spacing[1:]))))
     cand = ndi.binary_dilation(cand, np.ones((1, 3, 3), dtype=bool), iterations=rim, mask=ok)
-    return cand & _within_outline(cand, outline, grid.spacing, np.inf, medial)
+    return cand & _within_outline(cand, outline, grid.spacing, np.inf, medial, hulls)
 
 
 def _pool_majority(mask: np.ndarray, k) -> np.ndarray:
@@ -420,13 +421,37 @@ def _pool_majority(mask: np.ndarray, k) -> np.ndarray:
     return 2 * count.astype(np.int32) > k[1] * k[2]
 
 
+def _add_blocks(lung: np.ndarray, blocks: np.ndarray, k, allowed: np.ndarray,
+                other: np.ndarray) -> None:
+    """``lung |= unpooled(blocks) & allowed & ~other``, computed in the blocks' bounding box
+    only (the added pathology is a small part of the lung box)."""
+    if not blocks.any():
+        return
+    coarse_box = bounding_box(blocks)
+    fine = tuple(slice(b.start * f, min(b.stop * f, n))
+                 for b, f, n in zip(coarse_box, k, lung.shape, strict=True))
+    shape = tuple(b.stop - b.start for b in fine)
+    added = _unpool(blocks[coarse_box], k, shape)[:, : shape[1], : shape[2]]
+    lung[fine] |= added & allowed[fine] & ~other[fine]
+
+
 def _unpool(coarse: np.ndarray, k, shape) -> np.ndarray:
     """Blocks back to voxels, cropped to ``shape``."""
     fine = np.repeat(np.repeat(coarse, k[1], axis=1), k[2], axis=2)
     return fine[:, : shape[1], : shape[2]]
 
 
-def _within_outline(points, outline, spacing, depth_mm, medial_sign) -> np.ndarray:
+def _slice_hull(outline2d: np.ndarray, spacing, z: int, cache: dict):
+    """The convex hull (qhull) of one slice's outline pixels in mm, or None; cached by z."""
+    if z not in cache:
+        try:
+            cache[z] = ConvexHull(np.argwhere(outline2d) * spacing[1:])
+        except (QhullError, ValueError):
+            cache[z] = None
+    return cache[z]
+
+
+def _within_outline(points, outline, spacing, depth_mm, medial_sign, hulls=None) -> np.ndarray:
     """Voxels of ``points`` inside the convex hull of their slice of ``outline`` (its edge
     pixels are enough) and within
     ``depth_mm`` (in-plane, mm) of one of its costal edges: edges whose outward normal is
@@ -434,9 +459,8 @@ def _within_outline(points, outline, spacing, depth_mm, medial_sign) -> np.ndarr
     out = np.zeros(points.shape, dtype=bool)
     medial_cos = np.cos(np.deg2rad(_MEDIAL_DEG))
     for z in np.flatnonzero(points.any(axis=(1, 2))):
-        try:
-            hull = ConvexHull(np.argwhere(outline[z]) * spacing[1:])
-        except (QhullError, ValueError):
+        hull = _slice_hull(outline[z], spacing, z, {} if hulls is None else hulls)
+        if hull is None:
             continue
         yy, xx = np.nonzero(points[z])
         signed = np.stack([yy, xx], axis=1) * spacing[1:] @ hull.equations[:, :2].T
@@ -444,8 +468,9 @@ def _within_outline(points, outline, spacing, depth_mm, medial_sign) -> np.ndarr
         costal = hull.equations[:, 1] * medial_sign < medial_cos
         if not costal.any():
             continue
-        depth = -signed[:, costal].max(axis=1)
-        keep = (signed.max(axis=1) <= _HULL_SLACK_MM) & (depth <= depth_mm)
+        keep = signed.max(axis=1) <= _HULL_SLACK_MM
+        if np.isfinite(depth_mm):
+            keep &= -signed[:, costal].max(axis=1) <= depth_mm
         out[z, yy[keep], xx[keep]] = True
     return out
 

@@ -249,3 +249,18 @@ def test_pooling_helpers_equal_plain_block_reductions(shape, k):
             want_majority[:, y, x] = 2 * mask[block].sum(axis=(1, 2)) > k[0] * k[1]
     np.testing.assert_array_equal(_min_pool(hu, k), want_min)
     np.testing.assert_array_equal(_pool_majority(mask, (1, *k)), want_majority)
+
+
+def test_add_blocks_equals_the_whole_volume_expression():
+    from dsbprep.segment_robust import _add_blocks, _unpool
+
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        k = (1, int(rng.integers(1, 4)), int(rng.integers(1, 4)))
+        shape = tuple(int(v) for v in rng.integers(1, 20, 3))
+        coarse = (shape[0], -(-shape[1] // k[1]), -(-shape[2] // k[2]))
+        blocks = rng.random(coarse) < rng.uniform(0, 0.2)
+        allowed, other, lung = (rng.random(shape) < f for f in (0.7, 0.2, 0.3))
+        want = lung | (_unpool(blocks, k, shape) & allowed & ~other)
+        _add_blocks(lung, blocks, k, allowed, other)
+        np.testing.assert_array_equal(lung, want)
