@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-__all__ = ["AVAILABLE", "plane_rows", "trilinear"]
+__all__ = ["AVAILABLE", "blend_rows", "plane_rows", "trilinear"]
 
 try:  # pragma: no cover - depends on the environment
     from numba import njit
@@ -54,6 +54,18 @@ def plane_rows(src, rows, base, width, weights, out, mask_src, nearest, mask_out
             mo = mask_out[r]
             for i in range(n):
                 mo[i] = ms[nearest[i]]
+
+
+@njit(cache=True, nogil=True)
+def blend_rows(planes, low, frac, out):  # pragma: no cover
+    """``out[r] = a + (b - a) * frac[r]`` with ``a, b = planes[low[r]], planes[low[r] + 1]``."""
+    for r in range(low.shape[0]):
+        a = planes[low[r]]
+        b = planes[low[r] + 1]
+        o = out[r]
+        f = frac[r]
+        for i in range(a.shape[0]):
+            o[i] = a[i] + (b[i] - a[i]) * f
 
 
 @njit(cache=True, nogil=True)

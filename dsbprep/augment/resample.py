@@ -318,12 +318,12 @@ def _inplane(image, mask, mapping, out_shape, dtype, out=None):
         values = _bilinear_rows(flat, _as_slice(rows), plane, target, fused)
         filled = target is not None
     else:
-        filled = False
         z0, fz = _floor_and_frac(cz, nz)
         used = np.arange(z0.min(), z0.max() + 2)
         planes = _bilinear_rows(flat, used, plane)
-        lower, upper = planes[z0 - used[0]], planes[z0 + 1 - used[0]]
-        values = lower + (upper - lower) * fz[:, None]
+        target = out[0].reshape(n_out) if direct else np.empty(n_out, np.float32)
+        values = _z_blend(planes, z0 - used[0], fz, target)
+        filled = direct
         if mask is not None:
             near_rows = _nearest(cz, nz)
             out[1].reshape(n_out)[...] = flat_mask[_as_slice(near_rows)][:, nearest]
@@ -331,6 +331,17 @@ def _inplane(image, mask, mapping, out_shape, dtype, out=None):
     if direct and not filled:
         out[0].reshape(n_out)[...] = values
     return image_out, out[1]
+
+
+def _z_blend(planes: np.ndarray, low: np.ndarray, frac: np.ndarray, out: np.ndarray):
+    """``out[r] = planes[low[r]] + (planes[low[r] + 1] - planes[low[r]]) * frac[r]`` (float32)."""
+    if COMPILED:
+        _kernels.blend_rows(planes, low.astype(np.intp), frac, out)
+        return out
+    lower, upper = planes[low], planes[low + 1]
+    np.multiply(upper - lower, frac[:, None], out=out)
+    out += lower
+    return out
 
 
 def _general(image, mask, mapping, out_shape, dtype):
