@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-__all__ = ["AVAILABLE", "blend_rows", "plane_rows", "trilinear"]
+__all__ = ["AVAILABLE", "blend_rows", "plane_rows", "resize_middle", "trilinear"]
 
 try:  # pragma: no cover - depends on the environment
     from numba import njit
@@ -66,6 +66,17 @@ def blend_rows(planes, low, frac, out):  # pragma: no cover
         f = frac[r]
         for i in range(a.shape[0]):
             o[i] = a[i] + (b[i] - a[i]) * f
+
+
+@njit(cache=True, nogil=True)
+def resize_middle(a, low, high, weight, out):  # pragma: no cover
+    """Linear resize of the middle axis of (p, m, q) ``a`` into (p, n, q) ``out``:
+    ``out[:, i] = a[:, low[i]] + (a[:, high[i]] - a[:, low[i]]) * weight[i]`` (float32)."""
+    for j in range(a.shape[0]):
+        for i in range(low.shape[0]):
+            lo, hi, w = low[i], high[i], weight[i]
+            for k in range(a.shape[2]):
+                out[j, i, k] = a[j, lo, k] + (a[j, hi, k] - a[j, lo, k]) * w
 
 
 @njit(cache=True, nogil=True)
