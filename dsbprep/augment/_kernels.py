@@ -28,7 +28,9 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 
 @njit(cache=True, nogil=True)
-def plane_rows(src, rows, base, width, weights, out, mask_src, nearest, mask_out):  # pragma: no cover
+def plane_rows(
+    src, rows, base, width, weights, out, mask_src, nearest, mask_out
+):  # pragma: no cover
     """``out[r, i] = sum_k src[rows[r], base[i] + (0, 1, width, width + 1)[k]] * weights[i, k]``.
 
     float32 arithmetic in the order of the numpy path (same values); ``base`` and
