@@ -19,6 +19,7 @@ from dsbprep.augment import (
     LowResolution,
     Rotate,
     Scale,
+    _kernels,
     from_config,
     nnunet_preset,
 )
@@ -88,6 +89,20 @@ def test_low_resolution_equals_torch_interpolate():
     small = torch.nn.functional.interpolate(t, [6, 10, 14], mode="nearest-exact")
     want = torch.nn.functional.interpolate(small, image.shape, mode="trilinear")[0, 0]
     np.testing.assert_allclose(out, want.numpy(), atol=1e-3)
+
+
+@pytest.mark.parametrize("zoom", [0.5, 0.6, 0.93])
+def test_low_resolution_compiled_equals_numpy(monkeypatch, zoom):
+    """The numba resize loop gives exactly the numpy path's values (same float32 order)."""
+    if not _kernels.AVAILABLE:
+        pytest.skip("numba not installed: only the numpy path exists")
+    image, _ = patch(shape=(11, 19, 23), seed=3)
+    params = {"name": "lowres", "zoom": zoom}
+    compiled, _ = apply_one(LowResolution(), params, image)
+    monkeypatch.setattr(_kernels, "AVAILABLE", False)
+    numpy_path, _ = apply_one(LowResolution(), params, image)
+    np.testing.assert_array_equal(compiled, numpy_path)
+    assert not np.array_equal(compiled, image)  # the transform did act
 
 
 def test_intensity_draws_replay_and_hit_at_their_probability():

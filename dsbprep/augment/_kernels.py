@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-__all__ = ["AVAILABLE", "plane_rows", "trilinear"]
+__all__ = ["AVAILABLE", "blend_rows", "plane_rows", "resize_middle", "trilinear"]
 
 try:  # pragma: no cover - depends on the environment
     from numba import njit
@@ -28,28 +28,57 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 
 @njit(cache=True, nogil=True)
-def plane_rows(src, rows, index, weights, out, mask_src, nearest, mask_out):  # pragma: no cover
-    """``out[r, i] = sum_k src[rows[r], index[k, i]] * weights[k, i]`` (k = 4 corners).
+def plane_rows(
+    src, rows, base, width, weights, out, mask_src, nearest, mask_out
+):  # pragma: no cover
+    """``out[r, i] = sum_k src[rows[r], base[i] + (0, 1, width, width + 1)[k]] * weights[i, k]``.
 
+    float32 arithmetic in the order of the numpy path (same values); ``base`` and
+    ``nearest`` are int32 and ``weights`` (n, 4) interleaved, so one output voxel reads
+    one 16-byte weight record: 2x faster than (4, n) int64 index and weight planes.
     With a non-empty ``mask_out``, also ``mask_out[r, i] = mask_src[rows[r], nearest[i]]``.
     """
-    n = index.shape[1]
+    n = base.shape[0]
     with_mask = mask_out.shape[0] > 0
     for r in range(rows.shape[0]):
         s = src[rows[r]]
         o = out[r]
         for i in range(n):
+            b = base[i]
             o[i] = (
-                s[index[0, i]] * weights[0, i]
-                + s[index[1, i]] * weights[1, i]
-                + s[index[2, i]] * weights[2, i]
-                + s[index[3, i]] * weights[3, i]
+                np.float32(s[b]) * weights[i, 0]
+                + np.float32(s[b + 1]) * weights[i, 1]
+                + np.float32(s[b + width]) * weights[i, 2]
+                + np.float32(s[b + width + 1]) * weights[i, 3]
             )
         if with_mask:
             ms = mask_src[rows[r]]
             mo = mask_out[r]
             for i in range(n):
                 mo[i] = ms[nearest[i]]
+
+
+@njit(cache=True, nogil=True)
+def blend_rows(planes, low, frac, out):  # pragma: no cover
+    """``out[r] = a + (b - a) * frac[r]`` with ``a, b = planes[low[r]], planes[low[r] + 1]``."""
+    for r in range(low.shape[0]):
+        a = planes[low[r]]
+        b = planes[low[r] + 1]
+        o = out[r]
+        f = frac[r]
+        for i in range(a.shape[0]):
+            o[i] = a[i] + (b[i] - a[i]) * f
+
+
+@njit(cache=True, nogil=True)
+def resize_middle(a, low, high, weight, out):  # pragma: no cover
+    """Linear resize of the middle axis of (p, m, q) ``a`` into (p, n, q) ``out``:
+    ``out[:, i] = a[:, low[i]] + (a[:, high[i]] - a[:, low[i]]) * weight[i]`` (float32)."""
+    for j in range(a.shape[0]):
+        for i in range(low.shape[0]):
+            lo, hi, w = low[i], high[i], weight[i]
+            for k in range(a.shape[2]):
+                out[j, i, k] = a[j, lo, k] + (a[j, hi, k] - a[j, lo, k]) * w
 
 
 @njit(cache=True, nogil=True)

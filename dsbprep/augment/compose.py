@@ -43,6 +43,19 @@ def _check_pair(image: np.ndarray, mask: np.ndarray | None) -> None:
         raise ValueError(f"image {image.shape} and mask {mask.shape} must have the same shape")
 
 
+def _work_array(values: np.ndarray, image: np.ndarray, target) -> np.ndarray:
+    """The float32 array the intensity transforms may change in place: ``target[0]`` (a
+    batch row) when given, else ``values`` itself unless it shares the input's memory
+    (a flip or rot90 view), else a float32 copy. Never the input's values."""
+    if target is not None:
+        if values is not target[0]:
+            target[0][...] = values
+        return target[0]
+    if values.dtype != np.float32 or np.may_share_memory(values, image):
+        return np.array(values, np.float32)
+    return values
+
+
 def cut(a: np.ndarray, lo: np.ndarray, hi: np.ndarray, fill: float) -> np.ndarray:
     """``a[lo:hi]`` (z, y, x), the part outside ``a`` filled with ``fill`` (a view when inside)."""
     shape = np.asarray(a.shape)
@@ -172,14 +185,16 @@ class Compose(Transform):
             if isinstance(t, IntensityTransform)
         ]
         work = np.float32 if intensity else dtype
-        target = None if intensity else out
-        out, out_mask = resample(image, mask, mapping, tuple(out_shape), work, target)
+        # With intensity transforms, ``out`` is usable only as their float32 work array.
+        usable = out is not None and (not intensity or np.dtype(dtype) == np.float32)
+        target = out if usable else None
+        values, out_mask = resample(image, mask, mapping, tuple(out_shape), work, target)
         if intensity:
-            out = np.array(out, np.float32)  # a copy: never change the input's values
+            values = _work_array(values, image, target)
             for t, p in intensity:
-                out = t.apply_values(out, p)
-            out = to_dtype(out, dtype)
-        return out, out_mask
+                values = t.apply_values(values, p)
+            values = to_dtype(values, dtype)
+        return values, out_mask
 
     def apply(self, image, mask, boxes, params, *, pad_value: float = 0.0):
         """Apply recorded ``params`` (from :meth:`draw`) deterministically.

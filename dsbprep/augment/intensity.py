@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from . import _kernels
 from ._base import IntensityTransform, check_probability, check_range, split_at_one
 
 __all__ = ["Brightness", "Contrast", "Gamma", "GaussianBlur", "GaussianNoise", "LowResolution"]
@@ -261,8 +262,14 @@ def _linear_resize(a: np.ndarray, axis: int, n: int) -> np.ndarray:
     source = np.maximum((np.arange(n) + 0.5) * m / n - 0.5, 0.0)
     low = np.minimum(np.floor(source), m - 1).astype(np.intp)
     high = np.minimum(low + 1, m - 1)
+    weight = (source - low).astype(np.float32)
+    if _kernels.AVAILABLE and a.dtype == np.float32:
+        pre, post = int(np.prod(a.shape[:axis])), int(np.prod(a.shape[axis + 1 :]))
+        out = np.empty(a.shape[:axis] + (n,) + a.shape[axis + 1 :], np.float32)
+        source3 = np.ascontiguousarray(a).reshape(pre, m, post)
+        _kernels.resize_middle(source3, low, high, weight, out.reshape(pre, n, post))
+        return out
     shape = [1] * a.ndim
     shape[axis] = n
-    weight = (source - low).astype(np.float32).reshape(shape)
     lower = np.take(a, low, axis=axis)
-    return lower + (np.take(a, high, axis=axis) - lower) * weight
+    return lower + (np.take(a, high, axis=axis) - lower) * weight.reshape(shape)

@@ -243,19 +243,21 @@ def _nearest(coord: np.ndarray, n: int) -> np.ndarray:
 
 
 def _plane_map(mapping: Mapping, out_hw, in_hw):
-    """Indices (4, HW) and weights (4, HW) of the bilinear (y, x) map, and nearest (HW)."""
+    """The bilinear (y, x) map: int32 flat index of each point's lower neighbour (HW),
+    float32 weights (HW, 4) of its neighbours ``base + (0, 1, width, width + 1)``
+    (interleaved: the compiled loop reads one 16-byte record per voxel), and the int32
+    nearest index (HW)."""
     yy, xx = _plane_grid(out_hw)
     m, t = mapping.matrix, mapping.offset
     cy = m[1, 1] * yy + m[1, 2] * xx + t[1]
     cx = m[2, 1] * yy + m[2, 2] * xx + t[2]
     y0, fy = _floor_and_frac(cy, in_hw[0])
     x0, fx = _floor_and_frac(cx, in_hw[1])
-    base = y0 * in_hw[1] + x0
-    index = np.stack([base, base + 1, base + in_hw[1], base + in_hw[1] + 1])
+    base = (y0 * in_hw[1] + x0).astype(np.int32)
     gy, gx = 1 - fy, 1 - fx
-    weights = np.stack([gy * gx, gy * fx, fy * gx, fy * fx]).astype(np.float32)
-    nearest = _nearest(cy, in_hw[0]) * in_hw[1] + _nearest(cx, in_hw[1])
-    return index, weights, nearest
+    weights = np.stack([gy * gx, gy * fx, fy * gx, fy * fx], axis=1).astype(np.float32)
+    nearest = (_nearest(cy, in_hw[0]) * in_hw[1] + _nearest(cx, in_hw[1])).astype(np.int32)
+    return base, weights, nearest
 
 
 def _as_slice(rows: np.ndarray) -> slice | np.ndarray:
@@ -268,25 +270,27 @@ def _as_slice(rows: np.ndarray) -> slice | np.ndarray:
     return rows
 
 
-def _bilinear_rows(flat, rows, index, weights, out=None, mask=None) -> np.ndarray:
+def _bilinear_rows(flat, rows, plane, out=None, mask=None) -> np.ndarray:
     """float32 (len(rows), HW): every row gathered with one shared bilinear map.
 
-    ``mask`` = (flat mask, nearest indices, output rows) gathers the mask rows too (compiled).
+    ``plane`` = (base, width, weights) of :func:`_plane_map` and the input's row width;
+    ``mask`` = (flat mask, nearest indices, output rows) gathers the mask rows too.
     """
+    base, width, weights = plane
     if COMPILED:
         rows = np.arange(flat.shape[0])[rows] if isinstance(rows, slice) else rows
         if out is None:
-            out = np.empty((len(rows), index.shape[1]), np.float32)
-        flat_mask, nearest, mask_out = mask if mask is not None else (flat, index[0], _NO_MASK)
-        _kernels.plane_rows(
-            flat, np.asarray(rows, np.intp), index, weights, out, flat_mask, nearest, mask_out
-        )
+            out = np.empty((len(rows), base.shape[0]), np.float32)
+        flat_mask, nearest, mask_out = mask if mask is not None else (flat, base, _NO_MASK)
+        rows = np.asarray(rows, np.intp)
+        _kernels.plane_rows(flat, rows, base, width, weights, out, flat_mask, nearest, mask_out)
         return out
     source = flat[rows]
+    index = base[None, :] + np.array([0, 1, width, width + 1], np.intp)[:, None]
     gathered = source[:, index.ravel()].reshape(len(source), 4, -1)  # one fancy gather
-    values = np.multiply(gathered[:, 0], weights[0], dtype=np.float32)
+    values = np.multiply(gathered[:, 0], weights[:, 0], dtype=np.float32)
     for k in range(1, 4):
-        values += np.multiply(gathered[:, k], weights[k], dtype=np.float32)
+        values += np.multiply(gathered[:, k], weights[:, k], dtype=np.float32)
     if mask is not None:
         mask[2][...] = mask[0][rows][:, mask[1]]
     if out is not None:
@@ -298,10 +302,11 @@ def _bilinear_rows(flat, rows, index, weights, out=None, mask=None) -> np.ndarra
 def _inplane(image, mask, mapping, out_shape, dtype, out=None):
     """Maps whose z part is separate: one shared 2-D map, then a z blend if z scales."""
     nz, ny, nx = image.shape
-    index, weights, nearest = _plane_map(mapping, out_shape[1:], (ny, nx))
+    base, weights, nearest = _plane_map(mapping, out_shape[1:], (ny, nx))
+    plane = (base, nx, weights)
     flat = image.reshape(nz, ny * nx)
     flat_mask = None if mask is None else mask.reshape(nz, ny * nx)
-    n_out = (out_shape[0], index.shape[1])
+    n_out = (out_shape[0], base.shape[0])
     direct = out is not None and out[0].dtype == np.float32 and np.dtype(dtype) == np.float32
     if out is None:
         out = (None, None if mask is None else np.empty(out_shape, mask.dtype))
@@ -310,15 +315,15 @@ def _inplane(image, mask, mapping, out_shape, dtype, out=None):
         rows = np.clip(np.round(cz), 0, nz - 1).astype(np.intp)
         target = out[0].reshape(n_out) if direct else None
         fused = None if mask is None else (flat_mask, nearest, out[1].reshape(n_out))
-        values = _bilinear_rows(flat, _as_slice(rows), index, weights, target, fused)
+        values = _bilinear_rows(flat, _as_slice(rows), plane, target, fused)
         filled = target is not None
     else:
-        filled = False
         z0, fz = _floor_and_frac(cz, nz)
         used = np.arange(z0.min(), z0.max() + 2)
-        planes = _bilinear_rows(flat, used, index, weights)
-        lower, upper = planes[z0 - used[0]], planes[z0 + 1 - used[0]]
-        values = lower + (upper - lower) * fz[:, None]
+        planes = _bilinear_rows(flat, used, plane)
+        target = out[0].reshape(n_out) if direct else np.empty(n_out, np.float32)
+        values = _z_blend(planes, z0 - used[0], fz, target)
+        filled = direct
         if mask is not None:
             near_rows = _nearest(cz, nz)
             out[1].reshape(n_out)[...] = flat_mask[_as_slice(near_rows)][:, nearest]
@@ -326,6 +331,17 @@ def _inplane(image, mask, mapping, out_shape, dtype, out=None):
     if direct and not filled:
         out[0].reshape(n_out)[...] = values
     return image_out, out[1]
+
+
+def _z_blend(planes: np.ndarray, low: np.ndarray, frac: np.ndarray, out: np.ndarray):
+    """``out[r] = planes[low[r]] + (planes[low[r] + 1] - planes[low[r]]) * frac[r]`` (float32)."""
+    if COMPILED:
+        _kernels.blend_rows(planes, low.astype(np.intp), frac, out)
+        return out
+    lower, upper = planes[low], planes[low + 1]
+    np.multiply(upper - lower, frac[:, None], out=out)
+    out += lower
+    return out
 
 
 def _general(image, mask, mapping, out_shape, dtype):
