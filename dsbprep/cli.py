@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("verify", "re-read every case of a dataset file and check it"),
     "report": ("report", "write the visual QA report (HTML + PNGs) of a dataset file"),
     "loader": ("loader", "iterate batches of augmented patches from a dataset file"),
-    "export": ("export", "export a dataset file for grt123's detector or as npz files"),
+    "export": ("export", "export a dataset file for grt123's detector, as an nnU-Net v2 raw dataset or as npz files"),
     "evaluate": ("evaluate", "score predicted masks against ground truth (Dice, HD95)"),
 }
 #: Other names of subcommands.
