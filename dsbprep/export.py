@@ -208,8 +208,9 @@ def label_rule_of(records: Iterable[CaseRecord]) -> str:
 
     ``"luna16"`` or ``"all"``; ``"all"`` too for lung files built before label rules
     (they kept every nodule); ``"none"`` for files without nodule annotations (other
-    sources); the rules joined by ``"+"`` when the cases disagree (a file appended to
-    with different settings).
+    sources); ``"min_readers=N"`` for older files built with ``min_readers`` > 1; the
+    rules joined by ``"+"`` when the cases disagree (a file appended to with different
+    settings).
 
     Examples
     --------
@@ -221,7 +222,7 @@ def label_rule_of(records: Iterable[CaseRecord]) -> str:
 
 
 def _select(ds: DsbDataset, cases: Iterable[str] | None, split: str | None,
-            strict: bool = False) -> list[CaseRecord]:
+            strict: bool = False, check_meta: bool = False) -> list[CaseRecord]:
     """The cases to export: named ones, else every readable one (unreadable: a warning each,
     or DatasetFormatError with ``strict``), then those of ``split``."""
     if cases is not None:
@@ -231,7 +232,7 @@ def _select(ds: DsbDataset, cases: Iterable[str] | None, split: str | None,
             raise DatasetFormatError(f"{ds.path}: no case(s) {missing} (it holds {len(ds)} cases)")
         records = [ds[c] for c in cases]
     else:
-        records = list(ds.iter_cases(strict=strict))  # unreadable: skipped with a warning
+        records = list(ds.iter_cases(strict=strict, check_meta=check_meta))  # skipped: a warning
     if split is not None:
         records = [r for r in records if r.split == split]
     return records
@@ -375,7 +376,7 @@ def export_grt123(
     written: list[Path] = []
     with open_dataset(dataset_path) as ds:
         _check_grt123_file(ds)
-        records = _select(ds, cases, split, strict)
+        records = _select(ds, cases, split, strict, check_meta=True)
         name_of = grt123_names([_safe_name(r.case_id, ds.path) for r in records], names)
         _warn_about_names(name_of)
         outdir.mkdir(parents=True, exist_ok=True)
@@ -510,7 +511,7 @@ def export_nnunet(
             raise DatasetFormatError(
                 f"{ds.path}: holds 2-D {ds.kind!r} cases; the nnunet export needs 3-D"
             )
-        records = _select(ds, cases, split, strict)
+        records = _select(ds, cases, split, strict, check_meta=True)
         labels = _nnunet_labels(ds, records)
         for sub in ("imagesTr", "labelsTr", "imagesTs"):
             (outdir / sub).mkdir(parents=True, exist_ok=True)

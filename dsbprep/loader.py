@@ -147,7 +147,7 @@ class Batch:
         Positions of the cases in the file (``DsbDataset.case_ids``).
     origins : ndarray (B, 3) int64
         Patch starts (z, y, x) in each case's frame, before augmentation.
-    boxes : list of ndarray (n, 8)
+    boxes : list of ndarray (n, len(BOX_COLUMNS))
         Per sample, the boxes whose centre lies in the patch, in the patch's frame.
     params : list of list of dict
         Per sample, the augmentation parameters (replay with :meth:`BatchLoader.replay`).
@@ -583,13 +583,12 @@ def collate(
         images, masks = np.empty(shape, dtype), np.empty(shape, np.uint8)
     else:
         images, masks = out
-        if images.shape != shape or masks.shape != shape or images.dtype != dtype:
+        if (images.shape != shape or masks.shape != shape or images.dtype != dtype
+                or masks.dtype != np.uint8):
             raise ValueError(
                 f"out arrays must be {shape} {dtype} and uint8, got "
                 f"{images.shape} {images.dtype} and {masks.shape} {masks.dtype}"
             )
-        if masks.dtype != np.uint8:
-            raise ValueError(f"out masks must be uint8, got {masks.dtype}")
     scratch: dict[Any, np.ndarray] = {}
     for b, s in enumerate(samples):
         target = (

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from .store.format import as_boxes, empty_boxes
+
 __all__ = [
     "BoxSampler",
     "CaseInfo",
@@ -63,14 +65,14 @@ class CaseInfo:
     ----------
     shape : tuple of 3 int
         Case shape (z, y, x); 2-D cases are (1, y, x).
-    boxes : ndarray, (n, 8)
+    boxes : ndarray, (n, len(BOX_COLUMNS))
         Boxes in the case's voxel frame (``BOX_COLUMNS``).
     foreground : dict
         Mask label (int) -> (m, 3) voxel indices of that label (a sample of them).
     """
 
     shape: tuple[int, int, int]
-    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 8), np.float32))
+    boxes: np.ndarray = field(default_factory=empty_boxes)
     foreground: dict[int, np.ndarray] = field(default_factory=dict)
 
     @classmethod
@@ -86,7 +88,7 @@ class CaseInfo:
             for k, v in (meta_foreground or {}).items()
             if len(v)
         }
-        b = np.zeros((0, 8), np.float32) if boxes is None else np.asarray(boxes, np.float32)
+        b = empty_boxes() if boxes is None else as_boxes(boxes)
         return cls(tuple(int(s) for s in shape), b, fg)
 
 

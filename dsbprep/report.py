@@ -78,7 +78,7 @@ MIN_CASES_FOR_OUTLIERS = 5
 #: 2-D files: a mask covering more than this fraction of its image is suspicious (the seed's
 #: contour reader rejects polygons larger than half the image as corrupt).
 MAX_MASK_FRACTION = 0.5
-#: Airway leak (issue 17): air below this HU inside the lung mask ...
+#: Airway leak: air below this HU inside the lung mask ...
 AIRWAY_AIR_HU = -950.0
 #: ... in the top this-many mm of the lungs ...
 AIRWAY_TOP_MM = 40.0
@@ -240,7 +240,7 @@ def airway_leak_flags(
     top_mm: float = AIRWAY_TOP_MM,
     min_tube_mm: float = AIRWAY_TUBE_MM,
 ) -> list[tuple[int, str]]:
-    """Flag a lung mask that holds a tube of air at the top: the trachea (issue 17).
+    """Flag a lung mask that holds a tube of air at the top: the trachea.
 
     In the top ``top_mm`` of the lungs, slices where the mask holds a region of air
     (below ``air_hu``) of trachea cross-section (at least ``AIRWAY_MIN_AREA_MM2``, less
@@ -373,7 +373,7 @@ def _summarise_case(ds: DsbDataset, position: int, kind: str) -> CaseSummary:
         summary.left_l = float(volumes.get("left", 0.0)) / _ML_PER_L
         summary.right_l = float(volumes.get("right", 0.0)) / _ML_PER_L
         summary.volume_from = "segmentation"
-        summary.flags += airway_leak_flags(record.image, record.mask, record.spacing, meta)  # issue 17
+        summary.flags += airway_leak_flags(record.image, record.mask, record.spacing, meta)
     elif kind == "volume":
         counts = np.bincount(record.mask.ravel(), minlength=3)
         voxel_l = float(np.prod(record.spacing)) / _MM3_PER_L

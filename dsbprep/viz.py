@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from .store import as_boxes, empty_boxes  # issue 15: boxes have 9 columns (1.x: 8)
+from .store import as_boxes, empty_boxes
 
 __all__ = [
     "BOX_COLOUR",

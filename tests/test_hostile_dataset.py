@@ -107,6 +107,23 @@ def test_loader_cli_meets_unreadable_metadata_with_one_line(base, tmp_path, caps
     assert "case 'b'" in err and "not a JSON object" in err and "Traceback" not in err
 
 
+def test_grt123_export_skips_a_case_whose_metadata_is_unreadable(base, tmp_path, caplog):
+    # the grt123 export reads every case's metadata (its label rule): case b is skipped, the
+    # others are written with their manifest (before, the export stopped after writing them)
+    import json
+
+    from dsbprep.export import MANIFEST, export_grt123
+
+    path = tmp_path / "d.h5"
+    shutil.copy(base, path)
+    HOSTILE["metadata not an object"][2](path)
+    caplog.set_level(logging.WARNING, logger="dsbprep")
+    export_grt123(path, tmp_path / "g", names="as-is")
+    manifest = json.loads((tmp_path / "g" / MANIFEST).read_text())
+    assert sorted(str(c) for c in manifest["cases"]) and all("b" != str(c) for c in manifest["cases"])
+    assert any("case 'b'" in r.getMessage() for r in caplog.records)
+
+
 def test_report_hostile_outcomes(capsys):
     # runs last in this file: what each command said per class, for docs/RELIABILITY.md
     with capsys.disabled():

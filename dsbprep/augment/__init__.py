@@ -23,8 +23,9 @@ named ``"z"``, ``"y"``, ``"x"`` and addressed from the end (x is always the last
 axis), so one transform serves 3-D patches and 2-D slices; a z flip of a 2-D
 slice is a no-op. "In-plane" means the (y, x) plane.
 
-Boxes are ``(n, 8)`` float arrays in the patch's voxel frame with the columns of
-:data:`dsbprep.store.BOX_COLUMNS` (z, y, x centre, z, y, x size, diameter, readers).
+Boxes are ``(n, len(BOX_COLUMNS))`` float arrays in the patch's voxel frame with the columns of
+:data:`dsbprep.store.BOX_COLUMNS` (z, y, x centre, z, y, x size, diameter, readers, axial
+diameter).
 Centres follow the voxel that moves (index ``i`` -> ``n - 1 - i`` under a flip);
 under an arbitrary-angle rotation the sizes become those of the axis-aligned box
 around the rotated box.

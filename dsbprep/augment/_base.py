@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from ..store.format import empty_boxes  # noqa: F401  (re-exported for the augment modules)
+
 __all__ = ["AXES", "IntensityTransform", "SpatialTransform", "Transform"]
 
 #: Axis name -> axis counted from the end of a spatial array (x is always last).
@@ -26,11 +28,6 @@ def axis_index(name: str) -> int:
         return AXES[name]
     except KeyError:
         raise ValueError(f"unknown axis {name!r}; expected one of {tuple(AXES)}") from None
-
-
-def empty_boxes() -> np.ndarray:
-    """An empty ``(0, 8)`` float32 box array."""
-    return np.zeros((0, 8), np.float32)
 
 
 def check_probability(value: float, what: str) -> None:

@@ -206,7 +206,7 @@ class Compose(Transform):
         ----------
         image : ndarray, (z, y, x) or (y, x)
         mask : ndarray of the same shape, or None
-        boxes : ndarray (n, 8) or None
+        boxes : ndarray (n, len(BOX_COLUMNS)) or None
             In the array's voxel frame.
         params : list of dict
             One entry per transform, as returned by :meth:`draw`.

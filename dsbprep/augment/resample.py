@@ -128,7 +128,7 @@ def needed_box(mapping: Mapping, out_shape: tuple[int, ...]) -> tuple[np.ndarray
     Linear interpolation reads each point's floor and the voxel after it, so the box
     reaches one voxel past the largest coordinate (and at least 2 voxels per axis).
     """
-    if mapping.is_permutation and mapping._axes == [0, 1, 2] and _integral(mapping.offset):
+    if mapping.is_permutation and mapping._axes == [0, 1, 2]:  # is_permutation: integral offset too
         lo = np.round(mapping.offset).astype(np.int64)  # flips about the centre: the same box
         if not lo.any():
             return lo, np.asarray(out_shape, np.int64)

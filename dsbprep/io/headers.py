@@ -93,7 +93,7 @@ def volume_format(path: str | os.PathLike) -> str | None:
     ('metaimage', 'nifti', None)
     """
     name = os.fspath(path).lower()
-    for suffix in sorted(_FORMATS, key=len, reverse=True):
+    for suffix in sorted(_FORMATS, key=len, reverse=True):  # .nii.gz before .nii
         if name.endswith(suffix):
             return _FORMATS[suffix]
     return None

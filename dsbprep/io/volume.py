@@ -47,10 +47,13 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import VolumeFileError
-from .headers import DataLayout, check_volume_file, volume_format
+from .dicom import _file_sha256
+from .headers import _FORMATS, DataLayout, check_volume_file, volume_format
 
 __all__ = [
     "VOLUME_SUFFIXES",
+    "DATA_SUFFIXES",
+    "with_data_files",
     "MAX_AIR_HU",
     "Volume",
     "volume_case_id",
@@ -66,8 +69,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: File endings of the volume formats (longest first, so ``.nii.gz`` wins over ``.gz``).
-VOLUME_SUFFIXES = (".nii.gz", ".nhdr", ".nrrd", ".mhd", ".mha", ".nii")
+#: File endings of the volume formats (longest first, so ``.nii.gz`` wins over ``.nii``).
+VOLUME_SUFFIXES = tuple(sorted(_FORMATS, key=len, reverse=True))
+#: Endings of a header's detached data file beside it (MetaImage .raw/.zraw, Analyze .img).
+DATA_SUFFIXES = (".raw.gz", ".raw.bz2", ".raw", ".zraw", ".img.gz", ".img")
 #: A CT in Hounsfield units has air (about -1000 HU) in it: data whose minimum is above this
 #: are not HU (-500 HU: no tissue is below it, lung parenchyma is about -850).
 MAX_AIR_HU = -500
@@ -111,6 +116,19 @@ class Volume:
 def is_volume_file(path: str | os.PathLike) -> bool:
     """True for a name ending in one of :data:`VOLUME_SUFFIXES` (any case)."""
     return volume_format(path) is not None
+
+
+def with_data_files(header: str | os.PathLike) -> list[Path]:
+    """``header`` and the data files of the same name beside it (``DATA_SUFFIXES``).
+
+    Examples
+    --------
+    >>> with_data_files("no/such/scan.mhd")
+    [PosixPath('no/such/scan.mhd')]
+    """
+    header = Path(header)
+    stem = volume_case_id(header)
+    return [header, *(p for s in DATA_SUFFIXES if (p := header.with_name(stem + s)).is_file())]
 
 
 def volume_case_id(path: str | os.PathLike) -> str:
@@ -361,14 +379,8 @@ def to_hu(array: np.ndarray, path: str) -> tuple[np.ndarray, list[str]]:
 
 def _files_hash(files: list[Path]) -> str:
     """sha256 over sorted ``"<size> <sha256>"`` lines of ``files`` (as the DICOM reader)."""
-    lines = []
-    for f in files:
-        digest = hashlib.sha256()
-        with open(f, "rb") as fh:
-            for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
-                digest.update(block)
-        lines.append(f"{f.stat().st_size} {digest.hexdigest()}\n")
-    return hashlib.sha256("".join(sorted(lines)).encode()).hexdigest()
+    lines = sorted(f"{f.stat().st_size} {_file_sha256(f)}\n" for f in files)
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
 def load_volume(path: str | os.PathLike, *, max_voxels: int | None = None, **dicom_options):

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..io.volume import is_volume_file, volume_case_id
+from ..io.volume import DATA_SUFFIXES, is_volume_file, volume_case_id
 from ..store import CaseData
 from . import SourceBase, Task, listing_fingerprint
 
@@ -44,10 +44,6 @@ def _walk_files(folder: Path) -> list[Path]:
     return [p for p in out if p.is_file()]
 
 
-#: Endings of the data file beside a volume header (MetaImage .raw/.zraw, NRRD .raw.gz ...).
-_DATA_SUFFIXES = (".raw.gz", ".raw.bz2", ".raw", ".zraw", ".img.gz", ".img")
-
-
 def _split_volumes(files: list[Path]) -> tuple[list[list[Path]], list[Path]]:
     """(volume cases as [header, its data files...], the other files)."""
     cases = {(p.parent, volume_case_id(p)): [p] for p in files if is_volume_file(p)}
@@ -55,7 +51,7 @@ def _split_volumes(files: list[Path]) -> tuple[list[list[Path]], list[Path]]:
     for p in files:
         if is_volume_file(p):
             continue
-        suffix = next((s for s in _DATA_SUFFIXES if p.name.lower().endswith(s)), None)
+        suffix = next((s for s in DATA_SUFFIXES if p.name.lower().endswith(s)), None)
         owner = cases.get((p.parent, p.name[: -len(suffix)])) if suffix else None
         if owner is not None:
             owner.append(p)
@@ -154,7 +150,7 @@ class LungSource(SourceBase):
         prep = config.params("preprocess")
         allow_one = bool(prep.pop("allow_one_lung"))
         ann = config.params("annotations")
-        from ..annotations import label_rule  # issue 15: reject an unknown label_rule
+        from ..annotations import label_rule  # an unknown label_rule fails here, not per case
 
         label_rule(ann.get("label_rule", "luna16"))
         luna = {}
@@ -230,7 +226,7 @@ class LungSource(SourceBase):
         """Nodule boxes in the stored frame from the LIDC XML (DICOM folders) and/or the LUNA16 CSV."""
         from ..annotations import find_lidc_xml, lidc_nodules, nodules_to_boxes
         from ..geometry import world_to_voxel
-        from ..store import empty_boxes  # issue 15 / 12
+        from ..store import empty_boxes
 
         nodules = []
         if folder is not None and self.annotations.get("lidc_xml", True):
@@ -240,11 +236,11 @@ class LungSource(SourceBase):
                     xml, origin=scan.origin, spacing=scan.spacing, direction=scan.direction,
                     series_uid=scan.series_uid,
                     min_diameter_mm=self.annotations.get("min_diameter_mm", 3.0),
-                    rule=self.annotations.get("label_rule", "luna16"),  # issue 15: label rule
+                    rule=self.annotations.get("label_rule", "luna16"),
                 )
         nodules += self.luna.get(scan.series_uid, [])
         if not nodules:
-            return empty_boxes(), []  # issue 15 / 12: one empty-boxes helper
+            return empty_boxes(), []
         boxes = nodules_to_boxes(
             nodules,
             to_stored_index=lambda w: world_to_voxel(w, origin, tv.spacing, scan.direction),

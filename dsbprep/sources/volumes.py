@@ -44,6 +44,7 @@ from ..io.volume import (
     is_volume_file,
     read_volume,
     volume_case_id,
+    with_data_files,
 )
 from ..store import CaseData
 from . import SourceBase, Task, listing_fingerprint
@@ -298,7 +299,8 @@ def discover_volume_pairs(
         key = case + channel if case + channel in images else case
         image = images.get(key)
         used.add(key)
-        files = [label] + ([image] if image else [])
+        # a MetaImage's .raw/.zraw beside it is part of the input too (resume must see it)
+        files = [f for v in (label, image) if v for f in with_data_files(v)]
         inputs = {"folder": str(root), "image": str(image) if image else None,
                   "label": str(label)}
         tasks.append(Task(case, listing_fingerprint(files, root), inputs))
@@ -409,9 +411,10 @@ class LabelledVolumeSource(SourceBase):
                 raise MaskSourceError(self._missing(task, key))
         image, label, notes = self._read_pair(task)
         mask = map_labels(label.array, self._map, bits=self.label_bits, name=label.path)
+        values = np.unique(label.array)
         if label.array.any() and not mask.any():
             notes.append(
-                f"{label.path}: has labels {np.unique(label.array)[1:10].tolist()} but none is in "
+                f"{label.path}: has labels {values[1:10].tolist()} but none is in "
                 f"label_map {self.label_map!r}: the mask is empty"
             )
             logger.warning("%s", notes[-1])
@@ -426,7 +429,7 @@ class LabelledVolumeSource(SourceBase):
         meta = {
             "image": task.inputs["image"],
             "label": task.inputs["label"],
-            "label_values": [int(v) for v in np.unique(label.array)],
+            "label_values": [int(v) for v in values],
             "mask_voxels": {str(int(k)): int(n)
                             for k, n in zip(*np.unique(mask, return_counts=True), strict=True) if k},
             "png_slices": len(pngs),
