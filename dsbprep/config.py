@@ -109,6 +109,7 @@ DEFAULTS: dict[str, dict[str, str]] = {
         "channels_last": "false",
         "dtype": "float32",
         "cache_mb": "64",
+        "threads": "0",
         "figure": "data/random_patches.png",
     },
     "contours": {

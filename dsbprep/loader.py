@@ -24,6 +24,12 @@ How it works
 * **Processes.** The HDF5 file is opened lazily in the process that reads (the
   process id is checked on every read) and never pickled (``__getstate__`` drops
   the handle), so fork- and spawn-started workers each open their own handle.
+* **Threads.** The patches of one batch are made by ``threads`` threads of the
+  process (default: one per core, at most ``MAX_AUTO_THREADS``, in the process that
+  made the loader; one in worker processes, which already run side by side). Every
+  patch depends on its own seed only, so the batch is the same with any number of
+  threads. HDF5 reads hold h5py's lock one at a time; the resampling and intensity
+  loops release the GIL, so one thread's interpolation overlaps the other's read.
 
 Run ``python -m dsbprep.loader --input_filename F --batchsize B --epochs E
 [--print_batch_indices] [--print_random_image]``.
@@ -38,6 +44,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +62,7 @@ __all__ = [
     "BatchLoader",
     "collate",
     "DEFAULT_PATCH_SIZE",
+    "MAX_AUTO_THREADS",
     "Sample",
     "epoch_order",
     "loader_from_config",
@@ -82,6 +90,10 @@ _MIB = 1024**2
 #: for the next, the next, and one spare. Reusing memory avoids the page faults of fresh
 #: allocations (large arrays come straight from mmap: about 0.6 ms per 128^3 float32 patch).
 _POOL_SIZE = 3
+#: ``threads=0`` (auto) uses one thread per core up to this many in the process that made
+#: the loader: two threads already overlap one patch's read with another's resampling, and
+#: HDF5 reads run one at a time whatever the number of threads.
+MAX_AUTO_THREADS = 4
 #: References to a pooled array when nobody outside the pool holds it: the pool's tuple
 #: and ``sys.getrefcount``'s own argument.
 _POOL_REFS = 2
@@ -251,6 +263,11 @@ class BatchLoader:
         Keyword arguments for a sampler given by name (``positive_fraction``, ``labels``, ...).
     cache_bytes, cache_slots : int
         HDF5 chunk cache of each worker's file handle (per dataset).
+    threads : int
+        Threads making the patches of a batch in this process; 0 (default) = one per
+        core up to ``MAX_AUTO_THREADS`` in the process that made the loader and 1 in
+        any other process (DataLoader or Keras worker processes). The batches do not
+        depend on it.
 
     Raises
     ------
@@ -291,9 +308,15 @@ class BatchLoader:
         sampler_options: dict[str, Any] | None = None,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         cache_slots: int = DEFAULT_CACHE_SLOTS,
+        threads: int = 0,
     ) -> None:
         self.path = os.fspath(path)
         _check_arguments(batch_size, epochs, dtype)
+        if int(threads) < 0:
+            raise ValueError(f"threads must be >= 0 (0 = auto), got {threads}")
+        self.threads = int(threads)
+        self._owner = os.getpid()
+        self._executor: tuple[int, ThreadPoolExecutor] | None = None
         self.batch_size = int(batch_size)
         self.epochs = None if epochs is None else int(epochs)
         self.shuffle = bool(shuffle)
@@ -363,15 +386,37 @@ class BatchLoader:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_ds"] = state["_h5"] = state["_z0"] = None
-        state["_pid"] = None
+        state["_pid"] = state["_executor"] = None
         return state
 
     def close(self) -> None:
-        """Close this process's file handle (reopened on the next read)."""
+        """Close this process's file handle and threads (both made again on the next read)."""
         if self._ds is not None and self._pid == os.getpid():
             self._ds.close()
         self._ds = self._h5 = self._z0 = None
         self._pid = None
+        if self._executor is not None and self._executor[0] == os.getpid():
+            self._executor[1].shutdown(wait=True)
+        self._executor = None
+
+    def thread_count(self) -> int:
+        """Threads this process uses per batch (``threads``, or the automatic choice)."""
+        if self.threads:
+            return self.threads
+        if os.getpid() != self._owner:
+            return 1  # a worker process: the workers already share the cores
+        return max(1, min(MAX_AUTO_THREADS, os.cpu_count() or 1))
+
+    def _thread_pool(self) -> ThreadPoolExecutor | None:
+        """This process's pool of :meth:`thread_count` threads (None for one thread)."""
+        n = self.thread_count()
+        if n < 2:
+            return None
+        if self._executor is None or self._executor[0] != os.getpid():
+            # A pool inherited through fork has no threads in the child: make a new one.
+            pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="dsbprep-loader")
+            self._executor = (os.getpid(), pool)
+        return self._executor[1]
 
     def __enter__(self) -> BatchLoader:
         return self
@@ -621,11 +666,16 @@ def _load_into(loader: BatchLoader, indices: Sequence[int], epoch: int, out):
         rows = [None] * len(indices)
     else:
         rows = list(zip(out[0][:, 0], out[1][:, 0], strict=True))
-    samples = []
-    for i, row in zip(indices, rows, strict=True):
+
+    def make(i: int, row) -> Sample:
         origin, params = loader.draw(epoch, int(i))
-        samples.append(loader.load(int(i), origin, params, epoch=epoch, out=row))
-    return samples, out
+        return loader.load(int(i), origin, params, epoch=epoch, out=row)
+
+    pool = loader._thread_pool() if len(indices) > 1 else None
+    if pool is None:
+        return [make(i, row) for i, row in zip(indices, rows, strict=True)], out
+    loader._dataset()  # open the file before the threads need it
+    return list(pool.map(make, indices, rows)), out
 
 
 def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:
@@ -717,6 +767,7 @@ def loader_from_config(path: str | os.PathLike, config: Any, **overrides: Any) -
         if params.get("sampler") in ("boxes", "label")
         else None,
         cache_bytes=int(float(params.get("cache_mb", DEFAULT_CACHE_BYTES / _MIB)) * _MIB),
+        threads=int(params.get("threads", 0) or 0),
     )
 
 

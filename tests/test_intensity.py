@@ -169,3 +169,38 @@ def test_invalid_intensity_settings():
         Rotate(max_degrees_3d=181)
     with pytest.raises(TypeError):
         Compose([Flip(), "noise"])
+
+
+@pytest.mark.parametrize("gamma", [0.5, 0.7, 1.13, 1.5, 2.0])
+@pytest.mark.parametrize("invert", [False, True])
+def test_gamma_compiled_table_equals_numpy_pow(monkeypatch, gamma, invert):
+    """The compiled gamma (power curve from a table, linear in between) is within 2e-4 of
+    the patch's range of the numpy path's exact ``pow``, on smooth and on uint8-like data."""
+    if not _kernels.AVAILABLE:
+        pytest.skip("numba not installed: only the numpy path exists")
+    smooth, _ = patch(shape=(17, 31, 29), seed=2)
+    steps = np.random.default_rng(4).integers(0, 256, (9, 40, 40)).astype(np.float32)
+    params = {"name": "gamma", "gamma": gamma, "invert": invert}
+    for image in (smooth, steps):
+        compiled, _ = apply_one(Gamma(), params, image)
+        monkeypatch.setattr(_kernels, "AVAILABLE", False)
+        exact, _ = apply_one(Gamma(), params, image)
+        monkeypatch.setattr(_kernels, "AVAILABLE", True)
+        span = float(image.max() - image.min())
+        assert np.abs(compiled - exact).max() <= 2e-4 * span
+        assert not np.allclose(compiled, image)  # the curve did act
+
+
+@pytest.mark.parametrize(
+    "shape, sigma",
+    [((12, 20, 24), [0.5, 0.8, 1.0]), ((3, 5, 2), [1.0, 2.0, 3.0]), ((9, 1, 14), [0.0, 0.7, 0.9]),
+     ((33, 41), [0.3, 0.6, 1.0]), ((1, 30, 30), [0.9, 0.5, 0.75])],
+)
+def test_blur_compiled_equals_scipy(shape, sigma):
+    """The compiled separable blur equals scipy's gaussian_filter (reflect border), also
+    with kernels wider than the axis and axes left alone (sigma 0)."""
+    image = np.random.default_rng(1).normal(100, 40, shape).astype(np.float32)
+    out, _ = apply_one(GaussianBlur(), {"name": "blur", "sigma": sigma}, image)
+    want = ndimage.gaussian_filter(image, sigma[-image.ndim :], mode="reflect")
+    np.testing.assert_allclose(out, want, atol=2e-4 * 255)
+    assert not np.allclose(out, image)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import pickle
 import re
 
@@ -11,7 +12,7 @@ import pytest
 
 from dsbprep.augment import Compose, Flip, Rot90, Rotate
 from dsbprep.config import load_config
-from dsbprep.loader import BatchLoader, epoch_order, loader_from_config, main
+from dsbprep.loader import MAX_AUTO_THREADS, BatchLoader, epoch_order, loader_from_config, main
 from dsbprep.patches import BoxSampler, CaseInfo, LabelSampler, UniformSampler, sample_origins
 from dsbprep.store import CaseData, DatasetWriter, open_dataset
 
@@ -638,3 +639,40 @@ def test_preset_batches_replay_and_agree_across_processes(lung_file):
         for i, image, mask in zip(b.indices, b.images, b.masks, strict=True):
             assert np.array_equal(got[(b.epoch, int(i))][0], image[0])
             assert np.array_equal(got[(b.epoch, int(i))][1], mask[0])
+
+
+def _thread_count(loader):
+    return loader.thread_count()
+
+
+def test_threads_make_the_same_batches(lung_file):
+    """Patches made by 1, 2 or 3 threads of one process are the same batches (nnU-Net set)."""
+    from dsbprep.augment import nnunet_preset
+
+    path, _ = lung_file
+    kwargs = {"patch_size": 24, "batch_size": 5, "augment": nnunet_preset(), "seed": 9, "epochs": 3}
+    one = BatchLoader(path, threads=1, **kwargs)
+    want = list(one)
+    assert one._executor is None  # one thread: no pool
+    for threads in (2, 3):
+        loader = BatchLoader(path, threads=threads, **kwargs)
+        got = list(loader)
+        assert loader._executor is not None and loader.thread_count() == threads
+        for a, b in zip(want, got, strict=True):
+            assert np.array_equal(a.images, b.images) and np.array_equal(a.masks, b.masks)
+            assert a.params == b.params and all(
+                np.array_equal(x, y) for x, y in zip(a.boxes, b.boxes, strict=True)
+            )
+        loader.close()
+        assert loader._executor is None
+
+
+def test_automatic_threads_one_per_core_here_one_in_workers(lung_file):
+    path, _ = lung_file
+    loader = BatchLoader(path, patch_size=24)
+    assert loader.thread_count() == max(1, min(MAX_AUTO_THREADS, os.cpu_count() or 1))
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        assert pool.map(_thread_count, [loader]) == [1]
+    assert BatchLoader(path, patch_size=24, threads=3).thread_count() == 3
+    with pytest.raises(ValueError, match="threads"):
+        BatchLoader(path, patch_size=24, threads=-1)

@@ -127,6 +127,10 @@ class Gamma(IntensityTransform):
         """The gamma curve on the (possibly negated) patch, statistics kept."""
         if params["gamma"] == 1.0:
             return image
+        if _kernels.AVAILABLE and image.dtype == np.float32 and image.flags.c_contiguous:
+            sign64 = -1.0 if params["invert"] else 1.0
+            _kernels.gamma_in_place(image.reshape(-1), float(params["gamma"]), sign64, _TINY)
+            return image
         sign = np.float32(-1.0 if params["invert"] else 1.0)
         image *= sign
         mean, std = image.mean(), image.std()
@@ -209,9 +213,43 @@ class GaussianBlur(IntensityTransform):
         sigma = params["sigma"][-image.ndim :]
         if not any(sigma):
             return image
+        if _kernels.AVAILABLE and image.dtype == np.float32 and image.flags.c_contiguous:
+            return _separable_blur(image, sigma)
         return ndimage.gaussian_filter(
             image, sigma, mode="reflect", truncate=_BLUR_TRUNCATE, output=image
         )
+
+
+def _gaussian_weights(sigma: float) -> np.ndarray:
+    """scipy.ndimage's 1-D Gaussian kernel (radius ``int(truncate * sigma + 0.5)``)."""
+    radius = int(_BLUR_TRUNCATE * float(sigma) + 0.5)
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    phi = np.exp(-0.5 / float(sigma) ** 2 * x**2)
+    return phi / phi.sum()
+
+
+def _separable_blur(image: np.ndarray, sigma) -> np.ndarray:
+    """``scipy.ndimage.gaussian_filter(image, sigma, mode="reflect")`` in place, axis by
+    axis with the compiled loops (float32 sums: within 1e-4 of scipy's float64 ones on
+    0-255 values); axes with sigma 0 are left alone, as scipy does."""
+    spare = np.empty_like(image)
+    current = image
+    for axis, s in enumerate(sigma):
+        if s <= 1e-15:
+            continue
+        weights = _gaussian_weights(s)
+        shape = image.shape
+        if axis == image.ndim - 1:
+            _kernels.blur_rows(current.reshape(-1, shape[-1]), weights,
+                               spare.reshape(-1, shape[-1]))
+        else:
+            pre, post = int(np.prod(shape[:axis])), int(np.prod(shape[axis + 1 :]))
+            _kernels.blur_middle(current.reshape(pre, shape[axis], post), weights,
+                                 spare.reshape(pre, shape[axis], post))
+        current, spare = spare, current
+    if current is not image:
+        image[...] = current
+    return image
 
 
 @dataclass(frozen=True)
