@@ -5,14 +5,15 @@ Usage::
     python benchmarks/bench_loader.py [--quick] [--data ../shared/data] [--input FILE.h5]
                                       [--cases 8] [--patches 160] [--rounds 5]
                                       [--workloads W1 W2 W3] [--skip MONAI TorchIO]
-                                      [--baseline /work/main]
+                                      [--baseline /work/main] [--threads 0]
     python benchmarks/bench_loader.py --layout [--no-torchio] [--no-tuning]
 
 Default (issue 13): 96^3 patches, batches of 8, float32 images + uint8 masks, patches/s with
 0 and 2 workers for three workloads, W1 = random flips on 3 axes + rot90, W2 = W1 + in-plane
 rotation uniform in [-15, 15] degrees on every patch, W3 = nnU-Net v2's default 3-D set
-(``preset = nnunet``), and three tools: dsbprep (BatchLoader in process, ``PatchStream`` with
-DataLoader workers), MONAI (CacheDataset in memory without per-patch cache copies,
+(``preset = nnunet``), and three tools: dsbprep (BatchLoader in process with its default
+threads, one per core: ``--threads`` sets another number; ``PatchStream`` with DataLoader
+workers, one thread each), MONAI (CacheDataset in memory without per-patch cache copies,
 RandSpatialCropd then RandFlipd / RandRotate90d / RandRotated in-plane (``range_x`` for
 (z, y, x) arrays) / RandZoomd and MONAI's intensity transforms for W3; MONAI's DataLoader)
 and TorchIO (Queue over NIfTI files, 16 patches per volume, RandomFlip / RandomAffine with
@@ -363,10 +364,14 @@ def dsbprep_augment(workload: str):
     return nnunet_preset()
 
 
-def run_dsbprep(path: Path, workload: str, n: int, workers: int, seed: int) -> Rate | None:
-    """dsbprep patches/s: the loader in this process (0 workers) or PatchStream workers."""
+def run_dsbprep(
+    path: Path, workload: str, n: int, workers: int, seed: int, threads: int = 0
+) -> Rate | None:
+    """dsbprep patches/s: the loader in this process (0 workers, ``threads`` threads, 0 =
+    the loader's default) or PatchStream workers."""
     loader = BatchLoader(
         path,
+        threads=threads,
         patch_size=WORKLOAD_PATCH,
         batch_size=BATCH,
         augment=dsbprep_augment(workload),
@@ -560,7 +565,7 @@ def run_arm(tool: str, args, cases, path: Path, work: Path, key, n: int, r: int)
     """One measurement of ``tool`` for ``key`` = (workload, workers) in round ``r``."""
     workload, workers = key
     if tool == "dsbprep":
-        return run_dsbprep(path, workload, n, workers, seed=100 + r)
+        return run_dsbprep(path, workload, n, workers, seed=100 + r, threads=args.threads)
     if tool == "MONAI":
         return run_monai(cases, workload, n, workers, seed=r)
     if tool == "TorchIO":
@@ -665,6 +670,12 @@ def _parser() -> argparse.ArgumentParser:
         help="another checkout (e.g. /work/main): its W1 loader, same file, "
         "measured in the same rounds",
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="dsbprep's threads in one process (0 = the loader's default, one per core)",
+    )
     parser.add_argument("--no-torchio", action="store_true", help="--layout: skip (c)")
     parser.add_argument("--no-tuning", action="store_true", help="--layout: skip the tuning")
     return parser
@@ -679,6 +690,9 @@ def main(argv: list[str] | None = None) -> int:
     raw = sum(v.nbytes + m.nbytes for v, m in cases)
     print(f"dataset: {source}; {raw / 1e6:.0f} MB as uncompressed arrays (image + mask)")
     print(f"cpus: {os.cpu_count()}, load average {os.getloadavg()[0]:.2f}; batches of {BATCH}")
+    if not args.layout:
+        threads = args.threads or BatchLoader.default_threads()
+        print(f"dsbprep in one process: {threads} thread(s); in each DataLoader worker: 1")
     work = Path(tempfile.mkdtemp(prefix="dsbprep-bench-"))
     try:
         comp, chunks = MAIN_LAYOUT

@@ -399,13 +399,19 @@ class BatchLoader:
             self._executor[1].shutdown(wait=True)
         self._executor = None
 
+    @staticmethod
+    def default_threads() -> int:
+        """``threads=0`` in the process that made the loader: one per core, at most
+        ``MAX_AUTO_THREADS``."""
+        return max(1, min(MAX_AUTO_THREADS, os.cpu_count() or 1))
+
     def thread_count(self) -> int:
         """Threads this process uses per batch (``threads``, or the automatic choice)."""
         if self.threads:
             return self.threads
         if os.getpid() != self._owner:
             return 1  # a worker process: the workers already share the cores
-        return max(1, min(MAX_AUTO_THREADS, os.cpu_count() or 1))
+        return self.default_threads()
 
     def _thread_pool(self) -> ThreadPoolExecutor | None:
         """This process's pool of :meth:`thread_count` threads (None for one thread)."""
@@ -606,11 +612,12 @@ def _read_box(images, masks, z0: int, shape: np.ndarray, start, size, pad_value)
 
 
 def _boxes_inside(boxes: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """The boxes whose centre lies inside a patch of ``shape`` (2-D: the y, x columns)."""
+    """The boxes whose centre lies inside a patch of ``shape`` (2-D: the y, x columns):
+    in [-0.5, n - 0.5) voxels per axis, the rule of the build and of ``dsbprep.verify``."""
     if not len(boxes):
         return boxes
     centre = boxes[:, 3 - len(shape) : 3]
-    inside = np.all((centre >= -0.5) & (centre <= np.asarray(shape) - 0.5), axis=1)
+    inside = np.all((centre >= -0.5) & (centre < np.asarray(shape) - 0.5), axis=1)
     return boxes[inside]
 
 
