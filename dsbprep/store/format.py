@@ -357,6 +357,12 @@ _META_TYPES: dict[str, tuple[str, Any]] = {
     "lungs_found": ("an integer or null", lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool))),
     "lung_volume_ml": ("an object of numbers",
                        lambda v: isinstance(v, dict) and all(_is_number(x) for x in v.values())),
+    # [segmentation] method = robust: grt123's volumes beside the robust ones, and grt123's
+    # mask on the stored grid as runs where it differs (dsbprep.store.maskdiff; checked there)
+    "segmentation_method": ("a string", lambda v: isinstance(v, str)),
+    "lung_volume_ml_grt123": ("an object of numbers",
+                              lambda v: isinstance(v, dict) and all(_is_number(x) for x in v.values())),
+    "grt123_mask_diff": ("an object", lambda v: isinstance(v, dict)),
 }
 
 
