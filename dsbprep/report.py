@@ -857,7 +857,11 @@ _FIGURE_LEGEND = (
     "the patient's left is on the image's right (radiological convention), anterior at "
     "the top; coronal and sagittal views have superior at the top. The letters on each "
     "view's edges give the anatomical directions computed from the case's direction "
-    "cosines. Cases built with <code>[segmentation] method = robust</code> also show "
+    "cosines."
+)
+#: ... and when a case was built with ``method = robust`` (its meta holds grt123's mask).
+_COMPARE_LEGEND = (
+    " Cases built with <code>[segmentation] method = robust</code> also show "
     '<b style="color:#0bd">grt123\'s outline, dashed cyan</b>, drawn under the robust one: '
     "it shows where grt123's mask differs (airways it included, pathology it cut out)."
 )
@@ -902,6 +906,7 @@ def _page(summary: DatasetSummary, figures: str, names: dict[str, str], seconds:
         else ""
     )
     name = _e(os.path.basename(summary.path))
+    compare = _COMPARE_LEGEND if any(c.grt123_outline for c in summary.cases) else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>dsbprep QA report: {name}</title>
@@ -917,7 +922,7 @@ def _page(summary: DatasetSummary, figures: str, names: dict[str, str], seconds:
 Lung volumes of lung files come from the segmentation on the original grid.</p>
 {_case_rows(summary, names)}
 <h2>Figures</h2>
-<p class="legend">{_FIGURE_LEGEND} {_e(shown)}</p>
+<p class="legend">{_FIGURE_LEGEND}{compare} {_e(shown)}</p>
 {figures}
 <p class="legend">Written by dsbprep.report in {seconds:.1f} s.</p>
 </body></html>

@@ -213,7 +213,7 @@ def test_report_draws_both_outlines_when_present(builds, tmp_path):
             assert not band["grt123_outline"] and _cyan_pixels(png) == 0
     assert "grt123: left 1.67 L, right 1.78 L (dashed cyan outline)" in pages["robust"]
     assert "between methods" in pages["robust"] and "between methods" not in pages["grt123"]
-    assert "outline, dashed cyan" in pages["robust"]
+    assert "outline, dashed cyan" in pages["robust"] and "dashed cyan" not in pages["grt123"]
 
 
 def _case(case_id: str, meta: dict, shape=(24, 40, 48)) -> CaseData:

@@ -133,7 +133,8 @@ class ReadLimits:
         Most rows of ``/index`` (default 250,000: 115 MB in memory; a 2-D file has one row
         per slice, and the largest public sets we know hold ~112,000 images).
     max_meta_bytes : int
-        Largest metadata JSON of one case (default 16 MiB; a lung case's is < 100 kB).
+        Largest metadata JSON of one case (default 16 MiB; a lung case's is < 100 kB, with
+        grt123's mask of a robust build 95 kB for LIDC-IDRI-0001).
     max_meta_depth : int
         Deepest nesting of a case's metadata JSON (default 64; dsbprep writes 4).
     max_case_boxes : int
