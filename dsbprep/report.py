@@ -355,7 +355,7 @@ def method_flags(
 
     Examples
     --------
-    >>> method_flags(1.693, 1.956, 1.665, 1.912)  # LIDC-IDRI-0001, normal lungs: +1.7 %, +2.3 %
+    >>> method_flags(1.693, 1.956, 1.665, 1.912)  # LIDC-IDRI-0001, normal lungs: +1.6 %, +2.3 %
     []
     >>> method_flags(1.693, 1.951, 1.665, 1.778)  # with a posterior consolidation band
     [(2, 'right lung 1.95 L (robust) vs 1.78 L (grt123): +173 mL (+9.7 %) between methods')]

@@ -120,8 +120,8 @@ def _grt123_meta(masks: Any, tv: Any, voxel_ml: float) -> dict[str, Any]:
     labels = left.astype(np.uint8)
     labels[right & ~left] = 2  # prepare_lung_volume's rule
     return {
-        "lung_volume_ml_grt123": {"left": float(masks.grt123_left.sum() * voxel_ml),
-                                  "right": float(masks.grt123_right.sum() * voxel_ml)},
+        "lung_volume_ml_grt123": {"left": float(np.count_nonzero(masks.grt123_left) * voxel_ml),
+                                  "right": float(np.count_nonzero(masks.grt123_right) * voxel_ml)},
         "grt123_mask_diff": mask_diff(labels, tv.labels),
     }
 
