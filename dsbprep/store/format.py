@@ -134,7 +134,7 @@ class ReadLimits:
         per slice, and the largest public sets we know hold ~112,000 images).
     max_meta_bytes : int
         Largest metadata JSON of one case (default 16 MiB; a lung case's is < 100 kB, with
-        grt123's mask of a robust build 95 kB for LIDC-IDRI-0001).
+        grt123's mask of a robust build 96 kB for LIDC-IDRI-0001).
     max_meta_depth : int
         Deepest nesting of a case's metadata JSON (default 64; dsbprep writes 4).
     max_case_boxes : int

@@ -15,10 +15,11 @@ records ``(skip uint32, length uint32, label uint8)``, ``n`` of them: over the C
 flattened volume, run ``k`` starts ``skip`` voxels after the end of run ``k - 1`` (after
 voxel 0 for the first run), is ``length`` voxels long and holds the second mask's
 ``label`` there; elsewhere the second mask equals the stored one. Compressed, the
-27,000 runs of a LIDC-IDRI-0001 case take 27 kB of JSON text and add 1.4 ms to each
-parse of the case's meta (8.8 -> 10.1 ms, median of 15 interleaved rounds on a shared
-machine); as plain JSON lists they took 290 kB and parsing took 21 ms, which every
-reader of the meta (the loader, once per case) would have paid.
+27,000 runs of a LIDC-IDRI-0001 case take 29 kB of JSON text (23 kB in the gzipped
+``/meta``) and add about 1.1 ms to each parse of the case's meta (8.7 -> 9.8 ms, medians
+of 15 interleaved rounds on a shared machine); as plain JSON lists they took 290 kB and
+parsing took 19-21 ms, which every reader of the meta (the loader, once per case) would
+have paid.
 """
 
 from __future__ import annotations
