@@ -10,7 +10,9 @@
 * ``cases/<case>.png`` - for 3-D files, a montage of axial slices spread over the
   lungs (every nodule's centre slice included) plus one coronal and one sagittal view,
   with the left/right lung outlines (green = left, orange = right) and the nodule
-  boxes (red) drawn by :mod:`dsbprep.viz`; for 2-D files, ``sheets/sheet_NNN.png``
+  boxes (red) drawn by :mod:`dsbprep.viz` - for a case built with ``[segmentation]
+  method = robust`` also grt123's outline, dashed cyan under the robust one, so it
+  shows where the methods differ; for 2-D files, ``sheets/sheet_NNN.png``
   grids of slices with their mask outlines;
 * ``summary.json`` - the same summary for machines.
 
@@ -18,8 +20,10 @@ What is flagged (each rule a named threshold below, severity in brackets): a cas
 with only one lung found [3], a total lung volume below 1 L [3] or above 8 L [2], one
 lung more than twice the other [2], an empty mask [3 for lung files], a total lung
 volume that is a robust outlier of the dataset (more than 3.5 scaled MADs from the
-median, with at least 5 cases) [1], loader warnings [1]; for 2-D files a mask covering
-more than half of the image [2]. Cases sort by the sum of their severities.
+median, with at least 5 cases) [1], loader warnings [1], a lung mask holding a tube
+of air at the top (airway leak) [2], a lung whose robust volume differs from grt123's
+by more than 5 % and 50 mL (cases built with ``method = robust``) [2]; for 2-D files a
+mask covering more than half of the image [2]. Cases sort by the sum of their severities.
 """
 
 from __future__ import annotations
@@ -48,11 +52,14 @@ __all__ = [
     "MAX_LUNG_RATIO",
     "MAX_MASK_FRACTION",
     "MAX_TOTAL_LUNG_L",
+    "METHOD_DIFF_FRACTION",
+    "METHOD_DIFF_ML",
     "MIN_CASES_FOR_OUTLIERS",
     "MIN_TOTAL_LUNG_L",
     "lung_flags",
     "airway_leak_flags",
     "main",
+    "method_flags",
     "outlier_flags",
     "summarize_dataset",
     "write_report",
@@ -87,6 +94,16 @@ AIRWAY_MIN_AREA_MM2 = 80.0
 AIRWAY_MIDLINE_MM = 30.0
 #: ... over this many mm of slices is flagged: grt123's masks can hold the trachea.
 AIRWAY_TUBE_MM = 20.0
+#: Lung volume between methods (cases built with ``method = robust``, which records grt123's
+#: volumes too): one lung's robust volume differing from grt123's by more than this
+#: fraction of grt123's ... On normal lungs the two differ by 1-3 % (LIDC-IDRI-0001: +1.6 %
+#: left, +2.3 % right: airway walls out, hilar vessels in), so 5 % is twice that: pathology
+#: grt123 cut out (a 45 x 45 mm band of posterior consolidation adds 7-10 %), a large airway
+#: leak, or one of the methods failing.
+METHOD_DIFF_FRACTION = 0.05
+#: ... and by at least this many mL (a 45 mm ball), so that a small or partial lung is not
+#: flagged for its airway wall alone (the robust method removes 25-60 mL of airway).
+METHOD_DIFF_ML = 50.0
 #: MAD -> standard deviation of a normal distribution.
 _MAD_TO_SD = 1.4826
 
@@ -106,7 +123,11 @@ class CaseSummary:
 
     ``left_l``/``right_l`` are litres (from the segmentation's meta of lung files, else
     counted from the stored mask's labels 1 and 2 of a 3-D file; None for 2-D files).
-    ``flags`` are ``(severity, text)`` pairs; ``severity`` is their sum.
+    ``flags`` are ``(severity, text)`` pairs; ``severity`` is their sum. ``method`` is the
+    segmentation method of a lung file's case (meta ``segmentation_method``, '' when not
+    recorded); ``grt123_left_l``/``grt123_right_l`` are grt123's volumes of a case built
+    with ``method = robust`` (litres), ``grt123_outline`` whether its meta holds grt123's
+    mask (meta ``grt123_mask_diff``) for the figures.
     """
 
     case_id: str
@@ -120,6 +141,10 @@ class CaseSummary:
     left_l: float | None = None
     right_l: float | None = None
     volume_from: str = ""
+    method: str = ""
+    grt123_left_l: float | None = None
+    grt123_right_l: float | None = None
+    grt123_outline: bool = False
     mask_fraction: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     note: str = ""
@@ -299,6 +324,57 @@ def airway_leak_flags(
              "(airway leak)")]
 
 
+def method_flags(
+    left_l: float | None,
+    right_l: float | None,
+    grt123_left_l: float | None,
+    grt123_right_l: float | None,
+    *,
+    max_fraction: float = METHOD_DIFF_FRACTION,
+    min_ml: float = METHOD_DIFF_ML,
+) -> list[tuple[int, str]]:
+    """Flag each lung whose volume differs strongly between the robust and grt123's masks.
+
+    A lung is flagged when its robust volume differs from grt123's by more than
+    ``max_fraction`` of grt123's volume **and** by more than ``min_ml``.
+
+    Parameters
+    ----------
+    left_l, right_l : float or None
+        The stored (robust) masks' volumes, litres.
+    grt123_left_l, grt123_right_l : float or None
+        grt123's volumes of the same case, litres (None: not recorded, no flag).
+    max_fraction : float
+        Largest accepted difference as a fraction of grt123's volume of that lung.
+    min_ml : float
+        Smallest difference flagged, mL.
+
+    Returns
+    -------
+    list of (severity, text)
+
+    Examples
+    --------
+    >>> method_flags(1.693, 1.956, 1.665, 1.912)  # LIDC-IDRI-0001, normal lungs: +1.6 %, +2.3 %
+    []
+    >>> method_flags(1.693, 1.951, 1.665, 1.778)  # with a posterior consolidation band
+    [(2, 'right lung 1.95 L (robust) vs 1.78 L (grt123): +173 mL (+9.7 %) between methods')]
+    >>> [t.split(":")[1] for _, t in method_flags(1.80, 0.0, 0.95, 0.90)]  # one lung collapsed
+    [' +850 mL (+89.5 %) between methods', ' -900 mL (-100.0 %) between methods']
+    """
+    flags: list[tuple[int, str]] = []
+    for name, robust, grt in (("left", left_l, grt123_left_l), ("right", right_l, grt123_right_l)):
+        if robust is None or grt is None:
+            continue
+        diff_ml = (robust - grt) * _ML_PER_L
+        if abs(diff_ml) <= min_ml or abs(diff_ml) <= max_fraction * grt * _ML_PER_L:
+            continue
+        relative = f" ({diff_ml / (grt * _ML_PER_L):+.1%})".replace("%", " %") if grt > 0 else ""
+        flags.append((_WARN, f"{name} lung {robust:.2f} L (robust) vs {grt:.2f} L (grt123): "
+                             f"{diff_ml:+.0f} mL{relative} between methods"))
+    return flags
+
+
 def outlier_flags(
     totals: dict[str, float],
     *,
@@ -373,7 +449,9 @@ def _summarise_case(ds: DsbDataset, position: int, kind: str) -> CaseSummary:
         summary.left_l = float(volumes.get("left", 0.0)) / _ML_PER_L
         summary.right_l = float(volumes.get("right", 0.0)) / _ML_PER_L
         summary.volume_from = "segmentation"
-        summary.flags += airway_leak_flags(record.image, record.mask, record.spacing, meta)
+        mask = record.mask
+        summary.flags += airway_leak_flags(record.image, mask, record.spacing, meta)
+        _grt123_of(summary, meta, mask, f"{ds.path}: case {record.case_id!r}")
     elif kind == "volume":
         counts = np.bincount(record.mask.ravel(), minlength=3)
         voxel_l = float(np.prod(record.spacing)) / _MM3_PER_L
@@ -388,6 +466,27 @@ def _summarise_case(ds: DsbDataset, position: int, kind: str) -> CaseSummary:
     return summary
 
 
+def _grt123_of(summary: CaseSummary, meta: dict, mask: np.ndarray, where: str) -> None:
+    """The method, grt123's volumes and whether grt123's mask can be drawn (lung files)."""
+    from .errors import DatasetFormatError
+    from .store import apply_mask_diff
+
+    summary.method = str(meta.get("segmentation_method", "") or "")
+    grt = meta.get("lung_volume_ml_grt123")
+    if isinstance(grt, dict):
+        summary.grt123_left_l = float(grt.get("left", 0.0)) / _ML_PER_L
+        summary.grt123_right_l = float(grt.get("right", 0.0)) / _ML_PER_L
+    if "grt123_mask_diff" not in meta:
+        return
+    try:
+        apply_mask_diff(meta["grt123_mask_diff"], mask, where)
+    except DatasetFormatError as err:
+        logger.warning("%s", err)
+        summary.flags.append((_INFO, f"grt123's mask not drawn: {err}"))
+    else:
+        summary.grt123_outline = True
+
+
 def summarize_dataset(
     path: str | os.PathLike,
     *,
@@ -396,6 +495,8 @@ def summarize_dataset(
     max_ratio: float = MAX_LUNG_RATIO,
     outlier_mads: float = LUNG_OUTLIER_MADS,
     max_mask_fraction: float = MAX_MASK_FRACTION,
+    method_fraction: float = METHOD_DIFF_FRACTION,
+    method_ml: float = METHOD_DIFF_ML,
     strict: bool = False,
 ) -> DatasetSummary:
     """Summarise a dataset file and flag suspicious cases (no figures).
@@ -410,6 +511,8 @@ def summarize_dataset(
         Robust outlier rule (:func:`outlier_flags`).
     max_mask_fraction : float
         2-D files: a mask covering more than this fraction of its image is flagged.
+    method_fraction, method_ml : float
+        Lung volume between methods (:func:`method_flags`).
     strict : bool
         Refuse (DatasetFormatError) a file with an unreadable case; by default such a
         case is skipped with a warning and listed with the failures as ``unreadable``.
@@ -435,6 +538,8 @@ def summarize_dataset(
         c.flags += _case_flags(c, kind, lung_file, min_total_l=min_total_l,
                                max_total_l=max_total_l, max_ratio=max_ratio,
                                max_mask_fraction=max_mask_fraction)
+        c.flags += method_flags(c.left_l, c.right_l, c.grt123_left_l, c.grt123_right_l,
+                                max_fraction=method_fraction, min_ml=method_ml)
     totals = {c.case_id: c.total_l for c in cases if c.total_l}
     if lung_file:
         for cid, flag in outlier_flags(totals, mads=outlier_mads).items():
@@ -625,12 +730,9 @@ def _figures(
             for c in shown:
                 png = Path("cases") / f"{names[c.case_id]}.png"
                 record = ds[c.position]
-                viz.save_case_montage(record, out / png, n_axial=axial_slices)
-                vol = (
-                    f"left {c.left_l:.2f} L, right {c.right_l:.2f} L ({c.volume_from})"
-                    if c.total_l is not None
-                    else ""
-                )
+                viz.save_case_montage(record, out / png, n_axial=axial_slices,
+                                      compare=_grt123_mask(record, ds.path) if c.grt123_outline else None)
+                vol = _volume_text(c)
                 parts.append(
                     f'<div class="case" id="{_e(names[c.case_id])}"><h3>{_e(c.case_id)}</h3>'
                     f"<p>{_flags_html(c)} {_e(vol)}; {c.n_boxes} nodule box(es)"
@@ -655,6 +757,26 @@ def _figures(
                     f'<img src="{_e(png.as_posix())}" alt="sheet" loading="lazy"></div>'
                 )
     return "\n".join(parts), names
+
+
+def _grt123_mask(record: Any, path: str) -> np.ndarray:
+    """grt123's mask of a case built robust, on the stored grid (checked when summarised)."""
+    from .store import apply_mask_diff
+
+    where = f"{path}: case {record.case_id!r}"
+    return apply_mask_diff(record.meta["grt123_mask_diff"], record.mask, where)
+
+
+def _volume_text(c: CaseSummary) -> str:
+    """The figure's line on volumes: stored masks, and grt123's when the case was built robust."""
+    if c.total_l is None:
+        return ""
+    text = f"left {c.left_l:.2f} L, right {c.right_l:.2f} L ({c.volume_from}"
+    text += f", {c.method})" if c.method else ")"
+    if c.grt123_left_l is not None and c.grt123_right_l is not None:
+        text += f"; grt123: left {c.grt123_left_l:.2f} L, right {c.grt123_right_l:.2f} L"
+        text += " (dashed cyan outline)" if c.grt123_outline else ""
+    return text
 
 
 def write_report(
@@ -737,6 +859,12 @@ _FIGURE_LEGEND = (
     "view's edges give the anatomical directions computed from the case's direction "
     "cosines."
 )
+#: ... and when a case was built with ``method = robust`` (its meta holds grt123's mask).
+_COMPARE_LEGEND = (
+    " Cases built with <code>[segmentation] method = robust</code> also show "
+    '<b style="color:#0bd">grt123\'s outline, dashed cyan</b>, drawn under the robust one: '
+    "it shows where grt123's mask differs (airways it included, pathology it cut out)."
+)
 
 
 def _head_table(summary: DatasetSummary) -> str:
@@ -778,6 +906,7 @@ def _page(summary: DatasetSummary, figures: str, names: dict[str, str], seconds:
         else ""
     )
     name = _e(os.path.basename(summary.path))
+    compare = _COMPARE_LEGEND if any(c.grt123_outline for c in summary.cases) else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>dsbprep QA report: {name}</title>
@@ -793,7 +922,7 @@ def _page(summary: DatasetSummary, figures: str, names: dict[str, str], seconds:
 Lung volumes of lung files come from the segmentation on the original grid.</p>
 {_case_rows(summary, names)}
 <h2>Figures</h2>
-<p class="legend">{_FIGURE_LEGEND} {_e(shown)}</p>
+<p class="legend">{_FIGURE_LEGEND}{compare} {_e(shown)}</p>
 {figures}
 <p class="legend">Written by dsbprep.report in {seconds:.1f} s.</p>
 </body></html>

@@ -167,6 +167,10 @@ class LungMasks:
         ``pathology_ml`` (mL).
     method : str
         The method that made the masks (``'grt123'`` or ``'robust'``).
+    grt123_left, grt123_right : numpy.ndarray or None
+        With ``method='robust'``: grt123's own masks, which the robust ones refine (the
+        QA report compares the two); None with ``method='grt123'`` (``left``/``right``
+        are grt123's).
     """
 
     left: np.ndarray = field(repr=False)
@@ -175,6 +179,8 @@ class LungMasks:
     reason: str
     stages: dict = field(default_factory=dict, repr=False)
     method: str = "grt123"
+    grt123_left: np.ndarray | None = field(default=None, repr=False)
+    grt123_right: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def union(self) -> np.ndarray:
@@ -242,7 +248,8 @@ def segment_lungs(
     -------
     LungMasks
         ``left``/``right`` bool masks on the input grid, ``found`` (0, 1, 2), ``reason``,
-        ``method``, and seconds per stage in ``stages``.
+        ``method``, and seconds per stage in ``stages``; with ``method='robust'`` also
+        grt123's masks (``grt123_left``/``grt123_right``).
 
     Raises
     ------
@@ -264,20 +271,29 @@ def segment_lungs(
         left, right, found, reason = _grt123(
             hu, spacing, direction, params, run=_runner(pool, n_workers), timer=timer
         )
+    grt123 = (left, right) if method == "robust" else (None, None)
     if method == "robust" and found > 0:
-        from .segment_robust import ROBUST_DEFAULTS, one_side, refine_masks
-
-        with timer("robust"):
-            if found == 2 and (side := one_side(left, right, spacing, direction)):
-                left, right, found, reason = side
-            left, right, info = refine_masks(
-                hu, spacing, left, right, **{k: params[k] for k in ROBUST_DEFAULTS}
-            )
-        timer.stages.update(info)
+        left, right, found, reason = _robust(hu, spacing, direction, params, timer,
+                                             left, right, found, reason)
     timer.stages["total"] = time.perf_counter() - timer.start
     if found < 2:
         logger.info("lung segmentation of a %s volume: %s", hu.shape, reason)
-    return LungMasks(left, right, found, reason, stages=timer.stages, method=method)
+    return LungMasks(left, right, found, reason, stages=timer.stages, method=method,
+                     grt123_left=grt123[0], grt123_right=grt123[1])
+
+
+def _robust(hu, spacing, direction, params, timer, left, right, found, reason):
+    """grt123's masks refined (:mod:`dsbprep.segment_robust`): new arrays, the inputs untouched."""
+    from .segment_robust import ROBUST_DEFAULTS, one_side, refine_masks
+
+    with timer("robust"):
+        if found == 2 and (side := one_side(left, right, spacing, direction)):
+            left, right, found, reason = side
+        left, right, info = refine_masks(  # copies its inputs: grt123's masks stay as they are
+            hu, spacing, left, right, **{k: params[k] for k in ROBUST_DEFAULTS}
+        )
+    timer.stages.update(info)
+    return left, right, found, reason
 
 
 class _Timer:

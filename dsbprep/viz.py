@@ -5,7 +5,9 @@ The build's ``--print_random_image`` (:func:`save_case_figure`), the loader's
 (:func:`save_case_montage`, :func:`save_slices_figure`, ``python -m dsbprep.report``)
 all draw through :func:`draw_slice`: a grey image, each mask label as a faint fill
 **and a contour line** in its colour (green = label 1 = left lung, orange = label 2 =
-right lung), and nodule boxes in red.
+right lung), and nodule boxes in red. A second mask of the case (the QA report's grt123
+outline of a case built with ``method = robust``) is drawn as dashed cyan contours under
+the mask's, so it shows where the two differ.
 
 Display orientation
 -------------------
@@ -37,6 +39,7 @@ from .store import as_boxes, empty_boxes
 
 __all__ = [
     "BOX_COLOUR",
+    "COMPARE_COLOUR",
     "LABEL_COLOURS",
     "LUNG_LABEL_NAMES",
     "VIEWS",
@@ -68,6 +71,11 @@ FILL_ALPHA = 0.18
 #: Line widths (points) of label contours and box edges.
 CONTOUR_WIDTH = 1.1
 BOX_WIDTH = 1.3
+#: Contours of a second mask (``compare``): cyan, a colour no label, box or letter uses,
+#: dashed and thinner, drawn under the mask's contours (hidden where the two coincide).
+COMPARE_COLOUR = (0.0, 0.85, 1.0)
+COMPARE_WIDTH = 1.0
+COMPARE_DASHES = (0, (2.0, 1.5))
 #: Grey window of a display: these percentiles of the image (robust to a few outliers).
 DISPLAY_PERCENTILES = (0.5, 99.5)
 #: Longest tile title of a slice grid (characters): a 2.4-inch tile at font size 8.
@@ -284,10 +292,18 @@ def _boxes_in_view(ax: Any, boxes: np.ndarray, axis: int, index: int) -> int:
 
 
 def _draw_view(ax: Any, image: np.ndarray, mask: np.ndarray, axis: int, index: int,
-               **kwargs: Any) -> None:
+               compare: np.ndarray | None = None, **kwargs: Any) -> None:
     """Draw plane ``index`` along ``axis`` of a 3-D case, titled with the view's name."""
     draw_slice(ax, view_plane(image, axis, index), view_plane(mask, axis, index), axis=axis,
-               index=index, title=f"{VIEWS[axis][0]} {'zyx'[axis]}={index}", **kwargs)
+               index=index, title=f"{VIEWS[axis][0]} {'zyx'[axis]}={index}",
+               compare=None if compare is None else view_plane(compare, axis, index), **kwargs)
+
+
+def _outline(ax: Any, mask: np.ndarray, colour_of: Any, **style: Any) -> None:
+    """Contours of each label of ``mask`` (a plane), coloured by ``colour_of(label)``."""
+    for label in np.unique(mask[mask > 0]):
+        for c in _contours(mask == label):
+            ax.plot(c[:, 1], c[:, 0], color=colour_of(label), **style)
 
 
 def draw_slice(
@@ -305,6 +321,7 @@ def draw_slice(
     title: str | None = None,
     colours: Mapping[int, tuple] | None = None,
     fill_alpha: float = FILL_ALPHA,
+    compare: np.ndarray | None = None,
 ) -> int:
     """Draw one plane: grey image, each label as faint fill plus contour, boxes; no axes.
 
@@ -330,6 +347,9 @@ def draw_slice(
         Label -> RGB (default ``LABEL_COLOURS``).
     fill_alpha : float
         Opacity of the fill under the contours (0 = contours only).
+    compare : ndarray (rows, cols), optional
+        A second mask of the plane (e.g. grt123's beside the stored robust one): each label's
+        contour in ``COMPARE_COLOUR``, dashed, under the mask's contours.
 
     Returns
     -------
@@ -345,10 +365,11 @@ def draw_slice(
     else:
         ax.imshow(image, cmap="gray", vmin=window[0], vmax=window[1], origin=origin,
                   aspect=aspect, interpolation="nearest")
+    if compare is not None:
+        _outline(ax, compare, lambda _: COMPARE_COLOUR, linewidth=COMPARE_WIDTH,
+                 linestyle=COMPARE_DASHES)
     if mask is not None:
-        for label in np.unique(mask[mask > 0]):
-            for c in _contours(mask == label):
-                ax.plot(c[:, 1], c[:, 0], color=_colour(label, colours), linewidth=CONTOUR_WIDTH)
+        _outline(ax, mask, lambda label: _colour(label, colours), linewidth=CONTOUR_WIDTH)
     n = _boxes_in_view(ax, boxes, int(axis), int(index)) if boxes is not None and len(boxes) else 0
     ax.set_xlim(-0.5, image.shape[1] - 0.5)
     ax.set_ylim((image.shape[0] - 0.5, -0.5) if origin == "upper" else (-0.5, image.shape[0] - 0.5))
@@ -377,7 +398,8 @@ def _edge_letters(ax: Any, where: Mapping[str, str]) -> None:
 
 
 def _legend(
-    fig: Any, labels: Sequence[int], names: Mapping[int, str] | None, note: str, boxes: bool
+    fig: Any, labels: Sequence[int], names: Mapping[int, str] | None, note: str, boxes: bool,
+    compare: str | None = None,
 ) -> None:
     from matplotlib.lines import Line2D
 
@@ -394,6 +416,9 @@ def _legend(
     ]
     if boxes:
         handles.append(Line2D([], [], color=BOX_COLOUR, linewidth=2, label="nodule box"))
+    if compare:
+        handles.append(Line2D([], [], color=COMPARE_COLOUR, linewidth=2, linestyle=COMPARE_DASHES,
+                              label=f"{compare} (dashed, where it differs)"))
     if handles:
         legend = fig.legend(
             handles=handles,
@@ -494,6 +519,7 @@ class _CaseView:
     spacing: tuple[float, ...]
     direction: np.ndarray | None
     window: tuple[float, float]
+    compare: np.ndarray | None = None
 
     @classmethod
     def of(cls, case: Any) -> _CaseView:
@@ -516,8 +542,9 @@ class _CaseView:
         both lungs would miss.
         """
         centre = _centre(self.mask, self.boxes, self.image.shape, label=1 if axis == 2 else None)
-        _draw_view(ax, self.image, self.mask, axis, int(centre[axis]), boxes=self.boxes,
-                   spacing=self.spacing, direction=self.direction, window=self.window)
+        _draw_view(ax, self.image, self.mask, axis, int(centre[axis]), compare=self.compare,
+                   boxes=self.boxes, spacing=self.spacing, direction=self.direction,
+                   window=self.window)
 
 
 def _save(fig: Any, path: str | os.PathLike, dpi: int, rect: tuple[float, ...]) -> Path:
@@ -578,6 +605,8 @@ def save_case_montage(
     columns: int = 6,
     title: str | None = None,
     dpi: int = 72,
+    compare: np.ndarray | None = None,
+    compare_name: str = "grt123",
 ) -> Path:
     """Save the QA report's PNG of a 3-D case: an axial montage plus one coronal and one sagittal view.
 
@@ -595,12 +624,21 @@ def save_case_montage(
     title : str, optional
         Figure title (default: case id, shape and spacing).
     dpi : int
+    compare : ndarray, optional
+        A second mask of the case on its grid, outlined dashed in ``COMPARE_COLOUR`` under
+        the mask's outlines (the report: grt123's mask of a case built robust).
+    compare_name : str
+        Its name in the legend.
 
     Returns
     -------
     Path
     """
     v = _CaseView.of(case)
+    if compare is not None:
+        v.compare = np.asarray(compare)
+        if v.compare.shape != v.mask.shape:
+            raise ValueError(f"compare mask {v.compare.shape} is not the case's {v.mask.shape}")
     zs = montage_slices(v.mask, v.boxes, n_axial)
     rows = -(-len(zs) // columns)
     fig = _plt().figure(figsize=(2.3 * columns, 2.3 * rows + 5.5))
@@ -609,12 +647,14 @@ def save_case_montage(
         ax = fig.add_subplot(grid[k // columns, k % columns])
         mark = " nodule" if len(v.boxes) and _is_box_slice(z, v.boxes) else ""
         draw_slice(ax, v.image[z], v.mask[z], boxes=v.boxes, axis=0, index=z, spacing=v.spacing,
-                   direction=v.direction, window=v.window, title=f"axial z={z}{mark}")
+                   direction=v.direction, window=v.window, title=f"axial z={z}{mark}",
+                   compare=None if v.compare is None else v.compare[z])
     half = columns // 2
     v.draw_view(fig.add_subplot(grid[rows, slice(0, half)]), 1)
     v.draw_view(fig.add_subplot(grid[rows, slice(half, columns)]), 2)
     fig.suptitle(title or v.title(case), fontsize=10, parse_math=False)
-    _legend(fig, v.labels, _label_names(case), orientation_note(v.direction, 3), bool(len(v.boxes)))
+    _legend(fig, v.labels, _label_names(case), orientation_note(v.direction, 3), bool(len(v.boxes)),
+            compare=None if v.compare is None else compare_name)
     return _save(fig, path, dpi, rect=(0, 0.05, 1, 0.97))
 
 

@@ -106,6 +106,26 @@ def discover_patients(data_directory: str | Path) -> list[Task]:
     return tasks
 
 
+def _grt123_meta(masks: Any, tv: Any, voxel_ml: float) -> dict[str, Any]:
+    """With ``method = robust``: grt123's lung volumes (original grid) and its mask on the
+    stored grid, resampled and cropped exactly as the stored mask (nearest neighbour, the
+    stored crop: what lies outside the crop is lost), as runs where it differs from it."""
+    from ..preprocess import resample_box
+    from ..store import mask_diff
+
+    if masks.grt123_left is None:
+        return {}
+    left, right = (resample_box(m, tv.index_scale, tv.crop_box, order=0)
+                   for m in (masks.grt123_left, masks.grt123_right))
+    labels = left.astype(np.uint8)
+    labels[right & ~left] = 2  # prepare_lung_volume's rule
+    return {
+        "lung_volume_ml_grt123": {"left": float(np.count_nonzero(masks.grt123_left) * voxel_ml),
+                                  "right": float(np.count_nonzero(masks.grt123_right) * voxel_ml)},
+        "grt123_mask_diff": mask_diff(labels, tv.labels),
+    }
+
+
 @dataclass
 class LungSource(SourceBase):
     """Chest CT -> (uint8 training volume, lung label mask, nodule boxes) cases.
@@ -208,6 +228,7 @@ class LungSource(SourceBase):
             "segmentation_method": masks.method,
             "lung_volume_ml": {"left": float(masks.left.sum() * voxel_ml),
                                "right": float(masks.right.sum() * voxel_ml)},
+            **_grt123_meta(masks, tv, voxel_ml),
             "nodules": nodules,
             "warnings": list(scan.warnings),
             "parameters": {"dicom": self.dicom, "segmentation": self.segmentation,

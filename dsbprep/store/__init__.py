@@ -17,7 +17,8 @@ The subpackage's modules:
 ``writer``    ``DatasetWriter``: crash-safe, all-or-nothing appends;
 ``recovery``  the writer's lock file, temporary file, status-flag clearing, full-disk errors;
 ``schema``    the checks a file and each index row pass before anything reads them;
-``reader``    ``open_dataset`` / ``DsbDataset`` / ``CaseRecord``: the one validated read path.
+``reader``    ``open_dataset`` / ``DsbDataset`` / ``CaseRecord``: the one validated read path;
+``maskdiff``  a second mask of a case (grt123's beside robust masks) as runs in its meta.
 
 Examples
 --------
@@ -60,6 +61,7 @@ from .format import (
     empty_boxes,
     parse_meta,
 )
+from .maskdiff import apply_mask_diff, mask_diff
 from .reader import CaseRecord, DsbDataset, open_dataset
 from .recovery import FILES_LEFT_OPEN
 from .schema import RowProblem
@@ -97,4 +99,6 @@ __all__ = [
     "ChunkSpec",
     "EncodedCase",
     "encode_case",
+    "mask_diff",
+    "apply_mask_diff",
 ]

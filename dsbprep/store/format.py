@@ -133,7 +133,8 @@ class ReadLimits:
         Most rows of ``/index`` (default 250,000: 115 MB in memory; a 2-D file has one row
         per slice, and the largest public sets we know hold ~112,000 images).
     max_meta_bytes : int
-        Largest metadata JSON of one case (default 16 MiB; a lung case's is < 100 kB).
+        Largest metadata JSON of one case (default 16 MiB; a lung case's is < 100 kB, with
+        grt123's mask of a robust build 96 kB for LIDC-IDRI-0001).
     max_meta_depth : int
         Deepest nesting of a case's metadata JSON (default 64; dsbprep writes 4).
     max_case_boxes : int
@@ -357,6 +358,12 @@ _META_TYPES: dict[str, tuple[str, Any]] = {
     "lungs_found": ("an integer or null", lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool))),
     "lung_volume_ml": ("an object of numbers",
                        lambda v: isinstance(v, dict) and all(_is_number(x) for x in v.values())),
+    # [segmentation] method = robust: grt123's volumes beside the robust ones, and grt123's
+    # mask on the stored grid as runs where it differs (dsbprep.store.maskdiff; checked there)
+    "segmentation_method": ("a string", lambda v: isinstance(v, str)),
+    "lung_volume_ml_grt123": ("an object of numbers",
+                              lambda v: isinstance(v, dict) and all(_is_number(x) for x in v.values())),
+    "grt123_mask_diff": ("an object", lambda v: isinstance(v, dict)),
 }
 
 
