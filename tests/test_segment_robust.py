@@ -90,7 +90,7 @@ def run_case(hu, spacing, direction):
     grt = segment_lungs(hu, spacing, direction=direction)
     assert grt.ok, grt.reason
     sick, lesion = insert_lesions(hu, spacing, grt, np.random.default_rng(17))
-    out = {"grt123": grt, "lesion": lesion}
+    out = {"grt123": grt, "lesion": lesion, "sick_hu": sick}
     out["robust"] = segment_lungs(hu, spacing, direction=direction, method="robust")
     out["grt123_sick"] = segment_lungs(sick, spacing, direction=direction)
     out["robust_sick"] = segment_lungs(sick, spacing, direction=direction, method="robust")
