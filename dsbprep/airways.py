@@ -106,9 +106,9 @@ def find_airways(
     Parameters
     ----------
     hu : numpy.ndarray
-        (z, y, x) volume in HU.
+        The CT (z, y, x), Hounsfield units.
     spacing : sequence of 3 float
-        Voxel size (z, y, x) in mm.
+        mm per voxel along z, y, x.
     lungs : numpy.ndarray
         bool (z, y, x): both lungs (grt123's masks; they place the search).
     seed_hu, leak_ml : float
@@ -143,15 +143,9 @@ def find_airways(
     return out
 
 
-def airway_to_remove(
-    hu: np.ndarray,
-    spacing,
-    lungs: np.ndarray,
-    *,
-    seed_hu: float = _SEED_HU,
-    leak_ml: float = _LEAK_ML,
-    margin_mm: float = _MARGIN_MM,
-) -> tuple[np.ndarray, float]:
+def airway_to_remove(hu: np.ndarray, spacing, lungs: np.ndarray, *, margin_mm: float = _MARGIN_MM,
+                     seed_hu: float = _SEED_HU, leak_ml: float = _LEAK_ML,
+                     ) -> tuple[np.ndarray, float]:
     """The airway lumen grown by ``margin_mm`` from its edge, and the lumen's volume (mL).
 
     Returns ``(removed, lumen_ml)``: a bool (z, y, x) mask in blocks of the pooled grid

@@ -118,19 +118,19 @@ pathology_wall_mm : float
     """
     spacing = np.asarray(spacing, dtype=np.float64)
     info: dict = {"airway_ml": 0.0, "airway_removed_ml": 0.0, "pathology_ml": 0.0}
-    union = left | right
-    if not union.any():
+    boxes = [bounding_box(m) for m in (left, right) if m.any()]
+    if not boxes:
         return left.copy(), right.copy(), dict(info, airways=0.0, pathology=0.0)
     voxel_ml = float(np.prod(spacing)) / _ML
     pad = np.ceil(airway_margin_mm / spacing).astype(int) + 2
-    box = tuple(
-        slice(max(0, b.start - p), min(n, b.stop + p))
-        for b, p, n in zip(bounding_box(union), pad, union.shape, strict=True)
+    box = tuple(  # the box of both lungs, padded (no full-volume union needed)
+        slice(max(0, min(b.start for b in bs) - p), min(n, max(b.stop for b in bs) + p))
+        for bs, p, n in zip(zip(*boxes, strict=True), pad, left.shape, strict=True)
     )
-    sub_hu = hu[box]
+    sub_hu, union = hu[box], left[box] | right[box]
     t = time.perf_counter()
     removed, info["airway_ml"] = airway_to_remove(
-        sub_hu, spacing, union[box], seed_hu=airway_seed_hu, leak_ml=airway_leak_ml,
+        sub_hu, spacing, union, seed_hu=airway_seed_hu, leak_ml=airway_leak_ml,
         margin_mm=airway_margin_mm,
     )
     sub_l, sub_r = left[box] & ~removed, right[box] & ~removed
