@@ -281,10 +281,18 @@ def _add_blocks(lung: np.ndarray, blocks: np.ndarray, k, allowed: np.ndarray,
 
 
 def _slice_hull(outline2d: np.ndarray, spacing, z: int, cache: dict):
-    """The convex hull (qhull) of one slice's outline pixels in mm, or None; cached by z."""
+    """The convex hull (qhull) of one slice's outline pixels in mm, or None; cached by z.
+
+    Only the first and last pixel of each row can be a vertex (every other pixel lies
+    between them), so qhull gets those: the same hull from ~10x fewer points.
+    """
     if z not in cache:
+        rows = np.flatnonzero(outline2d.any(axis=1))
+        first = np.argmax(outline2d[rows], axis=1)
+        last = outline2d.shape[1] - 1 - np.argmax(outline2d[rows, ::-1], axis=1)
+        points = np.concatenate([np.stack([rows, first], axis=1), np.stack([rows, last], axis=1)])
         try:
-            cache[z] = ConvexHull(np.argwhere(outline2d) * spacing[1:])
+            cache[z] = ConvexHull(points * spacing[1:])
         except (QhullError, ValueError):
             cache[z] = None
     return cache[z]

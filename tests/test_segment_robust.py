@@ -349,3 +349,24 @@ def test_z_gaps_equals_the_accumulate_reference():
             for gap in (0, 1, 3, 20):
                 want = ~mask & (above - below - 1 <= gap)
                 np.testing.assert_array_equal(_z_gaps(mask, gap), want)
+
+
+def test_slice_hull_from_row_ends_equals_the_hull_of_all_pixels():
+    from scipy.spatial import ConvexHull
+
+    from dsbprep.segment_robust import _slice_hull
+
+    rng = np.random.default_rng(11)
+    spacing = np.array([2.5, 2.1, 1.4])
+    grid = np.argwhere(np.ones((24, 30), bool)) * spacing[1:]
+    for trial in range(40):
+        image = ndi.binary_opening(rng.random((24, 30)) < rng.uniform(0.3, 0.8))
+        if np.count_nonzero(image) < 3 or np.linalg.matrix_rank(
+                np.argwhere(image) - np.argwhere(image).mean(axis=0)) < 2:
+            continue
+        full = ConvexHull(np.argwhere(image) * spacing[1:])
+        ends = _slice_hull(image, spacing, 0, {})
+        inside = [(grid @ h.equations[:, :2].T + h.equations[:, 2]).max(axis=1) <= 1e-6
+                  for h in (full, ends)]
+        np.testing.assert_array_equal(inside[0], inside[1], err_msg=str(trial))
+        np.testing.assert_allclose(ends.volume, full.volume)
