@@ -127,20 +127,25 @@ pathology_wall_mm : float
         slice(max(0, min(b.start for b in bs) - p), min(n, max(b.stop for b in bs) + p))
         for bs, p, n in zip(zip(*boxes, strict=True), pad, left.shape, strict=True)
     )
-    sub_hu, union = hu[box], left[box] | right[box]
+    sub_hu, sub_l, sub_r = hu[box], left[box].copy(), right[box].copy()
     t = time.perf_counter()
     removed, info["airway_ml"] = airway_to_remove(
-        sub_hu, spacing, union, seed_hu=airway_seed_hu, leak_ml=airway_leak_ml,
+        sub_hu, spacing, sub_l | sub_r, seed_hu=airway_seed_hu, leak_ml=airway_leak_ml,
         margin_mm=airway_margin_mm,
     )
-    sub_l, sub_r = left[box] & ~removed, right[box] & ~removed
+    allowed = sub_hu <= pathology_max_hu
+    if removed.any():  # cut out within the removed airway's box only
+        cut = bounding_box(removed)
+        keep = ~removed[cut]
+        gone = np.count_nonzero(sub_l[cut] & ~keep) + np.count_nonzero(sub_r[cut] & ~keep)
+        info["airway_removed_ml"] = gone * voxel_ml
+        for mask in (sub_l, sub_r, allowed):
+            mask[cut] &= keep
     before = np.count_nonzero(sub_l) + np.count_nonzero(sub_r)
-    info["airway_removed_ml"] = (np.count_nonzero(union) - before) * voxel_ml
     info["airways"] = time.perf_counter() - t
     t = time.perf_counter()
     new_l, new_r = fill_pathology(
-        sub_hu, spacing, sub_l, sub_r, (sub_hu <= pathology_max_hu) & ~removed,
-        gap_mm=pathology_gap_mm, wall_mm=pathology_wall_mm,
+        sub_hu, spacing, sub_l, sub_r, allowed, gap_mm=pathology_gap_mm, wall_mm=pathology_wall_mm,
     )
     info["pathology_ml"] = (np.count_nonzero(new_l) + np.count_nonzero(new_r) - before) * voxel_ml
     left, right = np.zeros(left.shape, dtype=bool), np.zeros(right.shape, dtype=bool)
