@@ -9,7 +9,8 @@ Usage::
 Runs on the real case (default LIDC-IDRI-0001) and on the same scan linearly interpolated
 along z to ``--slices`` slices (a thin-slice scan of the same anatomy). For each volume:
 one untimed warm-up run per method, ``--repeat`` rounds in which the methods run one after
-the other (interleaved, so machine load hits both alike; seconds per stage of each
+the other (interleaved, so machine load hits both alike, in alternating order, so neither
+always runs after the other; seconds per stage of each
 method's fastest run, median and min of the totals, and the ratio of the medians robust /
 grt123, goal <= 1.5, and of the fastest runs, which a shared machine's load disturbs
 less), then one more run per method under ``tracemalloc`` (peak of numpy and
@@ -97,8 +98,8 @@ def bench(name: str, hu: np.ndarray, spacing, direction, repeat: int, threads: i
 
     masks = {m: call(m) for m in methods}  # warm-up
     runs: dict[str, list] = {m: [] for m in methods}
-    for _ in range(repeat):
-        for method in methods:  # interleaved rounds
+    for i in range(repeat):
+        for method in methods[:: 1 if i % 2 == 0 else -1]:  # interleaved, order alternating
             start = time.perf_counter()
             masks[method] = call(method)
             runs[method].append((time.perf_counter() - start, masks[method].stages))

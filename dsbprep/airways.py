@@ -328,8 +328,10 @@ def _join_cut_off_bronchi(volume, level, threshold, spacing) -> None:
         edge = airway & ~_eroded(airway)  # the airway's surface voxels are enough
         near = np.column_stack(np.nonzero(edge)) * spacing
         while near.size and cand.size:
-            dist, _ = cKDTree(near).query(cand_mm, distance_upper_bound=_BRIDGE_MM)
-            joined = np.unique(cand_lab[np.isfinite(dist)])
+            box = ((cand_mm >= near.min(axis=0) - _BRIDGE_MM)  # only these can be near
+                   & (cand_mm <= near.max(axis=0) + _BRIDGE_MM)).all(axis=1)
+            dist, _ = cKDTree(near).query(cand_mm[box], distance_upper_bound=_BRIDGE_MM)
+            joined = np.unique(cand_lab[box][np.isfinite(dist)])
             hit = np.isin(cand_lab, joined)
             np.put(level, cand[hit], t)
             near = cand_mm[hit]  # the new pieces bring their neighbours

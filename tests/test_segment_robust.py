@@ -354,7 +354,7 @@ def test_z_gaps_equals_the_accumulate_reference():
 def test_slice_hull_from_row_ends_equals_the_hull_of_all_pixels():
     from scipy.spatial import ConvexHull
 
-    from dsbprep.segment_robust import _slice_hull
+    from dsbprep.segment_robust import _SliceHulls
 
     rng = np.random.default_rng(11)
     spacing = np.array([2.5, 2.1, 1.4])
@@ -365,7 +365,7 @@ def test_slice_hull_from_row_ends_equals_the_hull_of_all_pixels():
                 np.argwhere(image) - np.argwhere(image).mean(axis=0)) < 2:
             continue
         full = ConvexHull(np.argwhere(image) * spacing[1:])
-        ends = _slice_hull(image, spacing, 0, {})
+        ends = _SliceHulls(image[None], spacing)(0)
         inside = [(grid @ h.equations[:, :2].T + h.equations[:, 2]).max(axis=1) <= 1e-6
                   for h in (full, ends)]
         np.testing.assert_array_equal(inside[0], inside[1], err_msg=str(trial))
