@@ -20,6 +20,7 @@ Per case (in the build's worker processes)
     ``segment``      grt123's left/right lung segmentation of the HU volume
                      (``method="grt123"``, exact) or its robust refinement
     ``segment_robust`` airways out, pleural pathology in (``method="robust"``)
+    ``airways``      the trachea and bronchi grown from a trachea seed (``segment_robust``)
     ``defaults``     the segmentation and preprocessing defaults, written once
     ``geometry``     voxel <-> world coordinates, bounding boxes
     ``preprocess``   HU volume + lung masks -> grt123's training volume

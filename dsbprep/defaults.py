@@ -57,13 +57,14 @@ SEGMENTATION: dict[str, object] = {
     "slice_cover_fraction": 0.95,
     # Threads of the slab-parallel stages (0 = one per CPU core); the result does not depend on it.
     "threads": 0,
-    # --- method = robust only (dsbprep.segment_robust) ---
+    # --- method = robust only (dsbprep.segment_robust, dsbprep.airways) ---
     # A trachea seed is air below this HU (air -1000; at 4 mm voxels its core is still < -950).
     "airway_seed_hu": -900.0,
     # One 15 HU threshold step that grows the airway by more than this (mL) has leaked into the
     # lung: trachea + main + lobar bronchi of an adult hold 30-80 mL, a clean step adds < 10 mL.
     "airway_leak_ml": 20.0,
-    # The removed airway: lumen grown by this (mm), its wall and partial-volume rim.
+    # The removed airway: lumen grown by this (mm), its wall and partial-volume rim, measured
+    # from the lumen's edge (half a voxel beyond its voxel centres; dsbprep.airways).
     "airway_margin_mm": 3.0,
     # Gaps of one lung along z up to this length (mm) are lung with pathology.
     "pathology_gap_mm": 50.0,
