@@ -12,7 +12,8 @@ Default (issue 13): 96^3 patches, batches of 8, float32 images + uint8 masks, pa
 0 and 2 workers for three workloads, W1 = random flips on 3 axes + rot90, W2 = W1 + in-plane
 rotation uniform in [-15, 15] degrees on every patch, W3 = nnU-Net v2's default 3-D set
 (``preset = nnunet``), and three tools: dsbprep (BatchLoader in process with its default
-threads, one per core: ``--threads`` sets another number; ``PatchStream`` with DataLoader
+threads: one per core for W2 and W3, one for W1, whose patches are a read and a copy;
+``--threads`` sets a number for all three; ``PatchStream`` with DataLoader
 workers, one thread each), MONAI (CacheDataset in memory without per-patch cache copies,
 RandSpatialCropd then RandFlipd / RandRotate90d / RandRotated in-plane (``range_x`` for
 (z, y, x) arrays) / RandZoomd and MONAI's intensity transforms for W3; MONAI's DataLoader)
@@ -692,7 +693,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"cpus: {os.cpu_count()}, load average {os.getloadavg()[0]:.2f}; batches of {BATCH}")
     if not args.layout:
         threads = args.threads or BatchLoader.default_threads()
-        print(f"dsbprep in one process: {threads} thread(s); in each DataLoader worker: 1")
+        print(
+            f"dsbprep in one process: {threads} thread(s)"
+            + ("" if args.threads else " for W2/W3, 1 for W1 (flips and rot90 only)")
+            + "; in each DataLoader worker: 1"
+        )
     work = Path(tempfile.mkdtemp(prefix="dsbprep-bench-"))
     try:
         comp, chunks = MAIN_LAYOUT

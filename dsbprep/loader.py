@@ -26,7 +26,8 @@ How it works
   the handle), so fork- and spawn-started workers each open their own handle.
 * **Threads.** The patches of one batch are made by ``threads`` threads of the
   process (default: one per core, at most ``MAX_AUTO_THREADS``, in the process that
-  made the loader; one in worker processes, which already run side by side). Every
+  made the loader when the augmentation interpolates or changes intensities; one for
+  flips and quarter turns only, and in worker processes, which already run side by side). Every
   patch depends on its own seed only, so the batch is the same with any number of
   threads. HDF5 reads hold h5py's lock one at a time; the resampling and intensity
   loops release the GIL, so one thread's interpolation overlaps the other's read.
@@ -265,9 +266,10 @@ class BatchLoader:
         HDF5 chunk cache of each worker's file handle (per dataset).
     threads : int
         Threads making the patches of a batch in this process; 0 (default) = one per
-        core up to ``MAX_AUTO_THREADS`` in the process that made the loader and 1 in
-        any other process (DataLoader or Keras worker processes). The batches do not
-        depend on it.
+        core up to ``MAX_AUTO_THREADS`` in the process that made the loader when the
+        augmentation interpolates or changes intensities, else 1 (flips and quarter turns
+        only, or none: the patch is a read and a copy), and 1 in any other process
+        (DataLoader or Keras worker processes). The batches do not depend on it.
 
     Raises
     ------
@@ -411,6 +413,10 @@ class BatchLoader:
             return self.threads
         if os.getpid() != self._owner:
             return 1  # a worker process: the workers already share the cores
+        if self.augment is None or self.augment.view_only:
+            # Flips and quarter turns cost a read and a copy: HDF5 reads run one at a time
+            # under h5py's lock, so a second thread only adds lock traffic (measured).
+            return 1
         return self.default_threads()
 
     def _thread_pool(self) -> ThreadPoolExecutor | None:

@@ -668,13 +668,17 @@ def test_threads_make_the_same_batches(lung_file):
 
 
 def test_automatic_threads_one_per_core_here_one_in_workers(lung_file):
+    """Auto: one thread per core where patches are computed, in the process that made the
+    loader; one for flips/rot90 only (a read and a copy) and in worker processes."""
     path, _ = lung_file
-    loader = BatchLoader(path, patch_size=24)
+    loader = BatchLoader(path, patch_size=24, augment=Compose([Flip(), Rotate(max_degrees=10)]))
     assert loader.thread_count() == BatchLoader.default_threads() == max(
         1, min(MAX_AUTO_THREADS, os.cpu_count() or 1)
     )
     with multiprocessing.get_context("fork").Pool(1) as pool:
         assert pool.map(_thread_count, [loader]) == [1]
+    assert BatchLoader(path, patch_size=24, augment=Compose([Flip(), Rot90()])).thread_count() == 1
+    assert BatchLoader(path, patch_size=24).thread_count() == 1
     assert BatchLoader(path, patch_size=24, threads=3).thread_count() == 3
     with pytest.raises(ValueError, match="threads"):
         BatchLoader(path, patch_size=24, threads=-1)

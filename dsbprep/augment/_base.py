@@ -73,7 +73,11 @@ class SpatialTransform(Transform):
     at offset ``o`` takes its value from the input point ``matrix @ o``. ``ndim`` is the
     patch's dimensionality (2 for slices: the z row and column must stay identity).
     Compose multiplies the matrices of all spatial transforms and resamples once.
+    ``view_only`` is True for transforms whose matrices only flip or permute axes (the
+    patch stays a strided view of the box read: nothing is interpolated).
     """
+
+    view_only = False
 
     def matrix(self, params: dict[str, Any], ndim: int) -> np.ndarray:  # pragma: no cover
         raise NotImplementedError

@@ -127,6 +127,12 @@ class Compose(Transform):
         return any(getattr(t, "swaps_axes", False) for t in self.transforms)
 
     @property
+    def view_only(self) -> bool:
+        """True when every transform only flips or permutes axes (no interpolation, no
+        intensity change): a patch costs its read and a copy."""
+        return all(getattr(t, "view_only", False) for t in self.transforms)
+
+    @property
     def has_intensity(self) -> bool:
         """True when some transform changes image values (the image becomes float)."""
         return any(isinstance(t, IntensityTransform) for t in self.transforms)

@@ -67,6 +67,7 @@ class Flip(SpatialTransform):
     axes: tuple[str, ...] = ("z", "y", "x")
     p: float = DEFAULT_FLIP_PROBABILITY
     name = "flip"
+    view_only = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "axes", tuple(self.axes))
@@ -101,6 +102,7 @@ class Rot90(SpatialTransform):
     """
 
     name = "rot90"
+    view_only = True
     swaps_axes = True
 
     def draw(self, rng: np.random.Generator) -> dict[str, Any]:
