@@ -290,7 +290,8 @@ def _robust(hu, spacing, direction, params, timer, left, right, found, reason):
         if found == 2 and (side := one_side(left, right, spacing, direction)):
             left, right, found, reason = side
         left, right, info = refine_masks(  # copies its inputs: grt123's masks stay as they are
-            hu, spacing, left, right, **{k: params[k] for k in ROBUST_DEFAULTS}
+            hu, spacing, left, right, threads=params["threads"],
+            **{k: params[k] for k in ROBUST_DEFAULTS},
         )
     timer.stages.update(info)
     return left, right, found, reason

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,6 +93,7 @@ def refine_masks(
     pathology_gap_mm: float = _R["pathology_gap_mm"],
     pathology_max_hu: float = _R["pathology_max_hu"],
     pathology_wall_mm: float = _R["pathology_wall_mm"],
+    threads: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Remove the airways from grt123's lung masks and add the pathology they cut out.
 
@@ -107,6 +109,8 @@ def refine_masks(
     airway_seed_hu, airway_leak_ml, airway_margin_mm, pathology_gap_mm, pathology_max_hu, \
 pathology_wall_mm : float
         See the module docstring (defaults in ``ROBUST_DEFAULTS``).
+    threads : int
+        1: the two lungs' pathology one after the other; else in two threads (same masks).
 
     Returns
     -------
@@ -146,6 +150,7 @@ pathology_wall_mm : float
     t = time.perf_counter()
     new_l, new_r = fill_pathology(
         sub_hu, spacing, sub_l, sub_r, allowed, gap_mm=pathology_gap_mm, wall_mm=pathology_wall_mm,
+        threads=threads,
     )
     info["pathology_ml"] = (np.count_nonzero(new_l) + np.count_nonzero(new_r) - before) * voxel_ml
     left, right = np.zeros(left.shape, dtype=bool), np.zeros(right.shape, dtype=bool)
@@ -188,6 +193,7 @@ def fill_pathology(
     *,
     gap_mm: float = _R["pathology_gap_mm"],
     wall_mm: float = _R["pathology_wall_mm"],
+    threads: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Both lungs plus the voxels of ``allowed`` that fill their z-gaps near the chest wall.
 
@@ -199,6 +205,9 @@ def fill_pathology(
     outline (the lesion's rim at the pleura), and every allowed voxel of them that is in
     neither lung is added.
 
+    The two lungs are processed in two threads (``threads=1``: one after the other; the
+    result is the same).
+
     Returns new bool (z, y, x) masks (left, right), disjoint.
     """
     spacing = np.asarray(spacing, dtype=np.float64)
@@ -208,13 +217,22 @@ def fill_pathology(
     c_ok = _pool_majority(allowed, k)
     centre = [float(np.argwhere(c.any(axis=(0, 1))).mean()) if c.any() else None for c in coarse]
     out, boxes = [], []
-    for i, (lung, other) in enumerate(((left, right), (right, left))):
+
+    def one_lung(i: int):
+        lung, other = (left, right) if i == 0 else (right, left)
         mine, theirs = centre[i], centre[1 - i]
         mid = theirs if theirs is not None else (lung.shape[2] / k[2] - 1) / 2
         medial = 1.0 if mine is None or mid >= mine else -1.0
         blocks = _pathology_blocks(coarse[i], c_ok & ~coarse[1 - i], grid, medial)
-        out.append(lung.copy())
-        boxes.append(None if blocks is None else _add_blocks(out[i], blocks, k, allowed, other))
+        mask = lung.copy()
+        return mask, None if blocks is None else _add_blocks(mask, blocks, k, allowed, other)
+
+    # One lung per thread (scipy.ndimage and numpy release the GIL; each thread writes only
+    # its own lung's copy): the same masks as one after the other.
+    with ThreadPoolExecutor(max_workers=2 if threads != 1 else 1) as pool:
+        for mask, added in pool.map(one_lung, (0, 1)):
+            out.append(mask)
+            boxes.append(added)
     if None not in boxes:  # a voxel both lungs added goes to neither: only where both added
         both = tuple(slice(max(a.start, b.start), max(a.start, b.start, min(a.stop, b.stop)))
                      for a, b in zip(*boxes, strict=True))

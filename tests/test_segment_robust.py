@@ -185,6 +185,19 @@ def test_grt123_default_unchanged(lidc):
     assert "robust" not in case["grt123"].stages
 
 
+def test_two_threads_same_masks_as_one(lidc):
+    """The two lungs' pathology in two threads gives the masks of one after the other,
+    on the scan with lesions (where the pathology stage adds most)."""
+    from dsbprep.segment_robust import refine_masks
+
+    scan, case = lidc
+    grt = case["grt123_sick"]
+    one = refine_masks(case["sick_hu"], scan.spacing, grt.left, grt.right, threads=1)
+    two = refine_masks(case["sick_hu"], scan.spacing, grt.left, grt.right, threads=2)
+    assert np.array_equal(one[0], two[0]) and np.array_equal(one[1], two[1])
+    assert one[2]["pathology_ml"] == two[2]["pathology_ml"] > 0
+
+
 def test_method_is_validated():
     with pytest.raises(ValueError, match="method"):
         segment_lungs(np.zeros((2, 8, 8)), (1, 1, 1), method="lungmask")
