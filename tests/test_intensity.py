@@ -174,8 +174,9 @@ def test_invalid_intensity_settings():
 @pytest.mark.parametrize("gamma", [0.5, 0.7, 1.13, 1.5, 2.0])
 @pytest.mark.parametrize("invert", [False, True])
 def test_gamma_compiled_table_equals_numpy_pow(monkeypatch, gamma, invert):
-    """The compiled gamma (power curve from a table, linear in between) is within 2e-4 of
-    the patch's range of the numpy path's exact ``pow``, on smooth and on uint8-like data."""
+    """The compiled gamma (power curve from a table, linear in between) is within 3e-4 of
+    the patch's range of the numpy path's exact ``pow`` (5e-5 for gamma >= 0.7), on smooth
+    and on uint8-like data."""
     if not _kernels.AVAILABLE:
         pytest.skip("numba not installed: only the numpy path exists")
     smooth, _ = patch(shape=(17, 31, 29), seed=2)
@@ -187,7 +188,7 @@ def test_gamma_compiled_table_equals_numpy_pow(monkeypatch, gamma, invert):
         exact, _ = apply_one(Gamma(), params, image)
         monkeypatch.setattr(_kernels, "AVAILABLE", True)
         span = float(image.max() - image.min())
-        assert np.abs(compiled - exact).max() <= 2e-4 * span
+        assert np.abs(compiled - exact).max() <= (3e-4 if gamma < 0.7 else 5e-5) * span
         assert not np.allclose(compiled, image)  # the curve did act
 
 
