@@ -16,7 +16,10 @@ threads: one per core for W2 and W3, one for W1, whose patches are a read and a 
 ``--threads`` sets a number for all three; ``PatchStream`` with DataLoader
 workers, one thread each), MONAI (CacheDataset in memory without per-patch cache copies,
 RandSpatialCropd then RandFlipd / RandRotate90d / RandRotated in-plane (``range_x`` for
-(z, y, x) arrays) / RandZoomd and MONAI's intensity transforms for W3; MONAI's DataLoader)
+(z, y, x) arrays); for W3 nnU-Net's set in MONAI's transforms, one for one: RandRotated,
+RandZoomd, RandGaussianNoised, RandGaussianSmoothd, RandScaleIntensityd (brightness),
+RandScaleIntensityFixedMeand (contrast), RandSimulateLowResolutiond, RandAdjustContrastd
+with ``invert_image`` and without (gamma, statistics retained), RandFlipd; MONAI's DataLoader)
 and TorchIO (Queue over NIfTI files, 16 patches per volume, RandomFlip / RandomAffine with
 ``degrees=(-15, 15, 0, 0, 0, 0)``; TorchIO has no rot90, and its subject transform runs on the
 whole volume as in its usual use). Tools alternate order within each round; medians of the
@@ -426,7 +429,8 @@ def monai_transforms(workload: str):
     keys = ("image", "mask")
     out = [mt.RandSpatialCropd(keys, roi_size=(WORKLOAD_PATCH,) * 3, random_size=False)]
     if workload == "W3":
-        # nnU-Net's set in MONAI terms (approximate: MONAI has no BGContrast draw).
+        # nnU-Net's set in MONAI terms, transform for transform (nnU-Net's order); MONAI has
+        # no "split at 1" (BGContrast) draw and its noise std is absolute, not relative.
         out += [
             mt.RandRotated(
                 keys,
@@ -441,9 +445,15 @@ def monai_transforms(workload: str):
             mt.RandGaussianSmoothd(
                 "image", sigma_x=(0.5, 1), sigma_y=(0.5, 1), sigma_z=(0.5, 1), prob=0.1
             ),
-            mt.RandScaleIntensityd("image", factors=0.25, prob=0.15),
-            mt.RandAdjustContrastd("image", gamma=(0.7, 1.5), prob=0.3),
+            mt.RandScaleIntensityd("image", factors=0.25, prob=0.15),  # brightness
+            mt.RandScaleIntensityFixedMeand(  # contrast about the mean, range kept
+                "image", factors=0.25, prob=0.15, fixed_mean=True, preserve_range=True
+            ),
             mt.RandSimulateLowResolutiond("image", prob=0.125, zoom_range=(0.5, 1.0)),
+            mt.RandAdjustContrastd(  # gamma on the inverted image
+                "image", gamma=(0.7, 1.5), prob=0.1, invert_image=True, retain_stats=True
+            ),
+            mt.RandAdjustContrastd("image", gamma=(0.7, 1.5), prob=0.3, retain_stats=True),
         ]
     out += [mt.RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in (0, 1, 2)]
     if workload != "W3":
