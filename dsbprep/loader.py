@@ -34,6 +34,19 @@ How it works
 
 Run ``python -m dsbprep.loader --input_filename F --batchsize B --epochs E
 [--print_batch_indices] [--print_random_image]``.
+
+Examples
+--------
+>>> import tempfile, os
+>>> from dsbprep.store import CaseData, DatasetWriter
+>>> path = os.path.join(tempfile.mkdtemp(), "d.h5")
+>>> with DatasetWriter(path, chunks=(8, 16, 16)) as w:
+...     for k in range(3):
+...         w.append(CaseData(f"c{k}", np.full((20, 30, 30), k, np.uint8),
+...                           np.zeros((20, 30, 30), np.uint8)))
+>>> loader = BatchLoader(path, patch_size=(8, 16, 16), batch_size=2, epochs=1, seed=0)
+>>> [(b.images.shape, sorted(b.case_ids)) for b in loader]
+[((2, 1, 8, 16, 16), ['c1', 'c2']), ((1, 1, 8, 16, 16), ['c0'])]
 """
 
 from __future__ import annotations
@@ -226,6 +239,53 @@ def _split_codes(split: Any) -> set[int] | None:
     return codes
 
 
+class _Threads:
+    """A loader's thread pool: made on first use in each process, never pickled or inherited."""
+
+    def __init__(self, threads: int) -> None:
+        if int(threads) < 0:
+            raise ValueError(f"threads must be >= 0 (0 = auto), got {threads}")
+        self.threads = int(threads)
+        self.owner = os.getpid()  # the process that made the loader
+        self.executor: tuple[int, ThreadPoolExecutor] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "executor": None}
+
+    @staticmethod
+    def default() -> int:
+        """``threads=0`` where patches are computed: one per core, at most ``MAX_AUTO_THREADS``."""
+        return max(1, min(MAX_AUTO_THREADS, os.cpu_count() or 1))
+
+    def count(self, augment: Compose | None) -> int:
+        """``threads``, or the automatic choice for ``augment`` in this process."""
+        if self.threads:
+            return self.threads
+        if os.getpid() != self.owner:
+            return 1  # a worker process: the workers already share the cores
+        if augment is None or augment.view_only:
+            # Flips and quarter turns cost a read and a copy: HDF5 reads run one at a time
+            # under h5py's lock, so a second thread only adds lock traffic (measured).
+            return 1
+        return self.default()
+
+    def pool(self, augment: Compose | None) -> ThreadPoolExecutor | None:
+        """This process's pool of :meth:`count` threads (None for one thread)."""
+        n = self.count(augment)
+        if n < 2:
+            return None
+        if self.executor is None or self.executor[0] != os.getpid():
+            # A pool inherited through fork has no threads in the child: make a new one.
+            pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="dsbprep-loader")
+            self.executor = (os.getpid(), pool)
+        return self.executor[1]
+
+    def close(self) -> None:
+        if self.executor is not None and self.executor[0] == os.getpid():
+            self.executor[1].shutdown(wait=True)
+        self.executor = None
+
+
 class BatchLoader:
     """Iterate batches of augmented patches from a dsbprep HDF5 file.
 
@@ -265,11 +325,8 @@ class BatchLoader:
     cache_bytes, cache_slots : int
         HDF5 chunk cache of each worker's file handle (per dataset).
     threads : int
-        Threads making the patches of a batch in this process; 0 (default) = one per
-        core up to ``MAX_AUTO_THREADS`` in the process that made the loader when the
-        augmentation interpolates or changes intensities, else 1 (flips and quarter turns
-        only, or none: the patch is a read and a copy), and 1 in any other process
-        (DataLoader or Keras worker processes). The batches do not depend on it.
+        Threads making a batch's patches in this process; 0 = automatic (module
+        docstring, *Threads*). The batches do not depend on it.
 
     Raises
     ------
@@ -277,19 +334,6 @@ class BatchLoader:
         Bad sizes, an unknown split or sampler, a rot90 augmentation with a non-square
         in-plane patch, no case selected, or ``drop_last`` with fewer cases than
         ``batch_size``.
-
-    Examples
-    --------
-    >>> import tempfile, os
-    >>> from dsbprep.store import CaseData, DatasetWriter
-    >>> path = os.path.join(tempfile.mkdtemp(), "d.h5")
-    >>> with DatasetWriter(path, chunks=(8, 16, 16)) as w:
-    ...     for k in range(3):
-    ...         w.append(CaseData(f"c{k}", np.full((20, 30, 30), k, np.uint8),
-    ...                           np.zeros((20, 30, 30), np.uint8)))
-    >>> loader = BatchLoader(path, patch_size=(8, 16, 16), batch_size=2, epochs=1, seed=0)
-    >>> [(b.images.shape, sorted(b.case_ids)) for b in loader]
-    [((2, 1, 8, 16, 16), ['c1', 'c2']), ((1, 1, 8, 16, 16), ['c0'])]
     """
 
     def __init__(
@@ -314,11 +358,7 @@ class BatchLoader:
     ) -> None:
         self.path = os.fspath(path)
         _check_arguments(batch_size, epochs, dtype)
-        if int(threads) < 0:
-            raise ValueError(f"threads must be >= 0 (0 = auto), got {threads}")
-        self.threads = int(threads)
-        self._owner = os.getpid()
-        self._executor: tuple[int, ThreadPoolExecutor] | None = None
+        self._threads = _Threads(threads)
         self.batch_size = int(batch_size)
         self.epochs = None if epochs is None else int(epochs)
         self.shuffle = bool(shuffle)
@@ -388,7 +428,7 @@ class BatchLoader:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_ds"] = state["_h5"] = state["_z0"] = None
-        state["_pid"] = state["_executor"] = None
+        state["_pid"] = None
         return state
 
     def close(self) -> None:
@@ -397,38 +437,13 @@ class BatchLoader:
             self._ds.close()
         self._ds = self._h5 = self._z0 = None
         self._pid = None
-        if self._executor is not None and self._executor[0] == os.getpid():
-            self._executor[1].shutdown(wait=True)
-        self._executor = None
+        self._threads.close()
 
-    @staticmethod
-    def default_threads() -> int:
-        """``threads=0`` in the process that made the loader: one per core, at most
-        ``MAX_AUTO_THREADS``."""
-        return max(1, min(MAX_AUTO_THREADS, os.cpu_count() or 1))
+    default_threads = staticmethod(_Threads.default)
 
     def thread_count(self) -> int:
         """Threads this process uses per batch (``threads``, or the automatic choice)."""
-        if self.threads:
-            return self.threads
-        if os.getpid() != self._owner:
-            return 1  # a worker process: the workers already share the cores
-        if self.augment is None or self.augment.view_only:
-            # Flips and quarter turns cost a read and a copy: HDF5 reads run one at a time
-            # under h5py's lock, so a second thread only adds lock traffic (measured).
-            return 1
-        return self.default_threads()
-
-    def _thread_pool(self) -> ThreadPoolExecutor | None:
-        """This process's pool of :meth:`thread_count` threads (None for one thread)."""
-        n = self.thread_count()
-        if n < 2:
-            return None
-        if self._executor is None or self._executor[0] != os.getpid():
-            # A pool inherited through fork has no threads in the child: make a new one.
-            pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="dsbprep-loader")
-            self._executor = (os.getpid(), pool)
-        return self._executor[1]
+        return self._threads.count(self.augment)
 
     def __enter__(self) -> BatchLoader:
         return self
@@ -684,7 +699,7 @@ def _load_into(loader: BatchLoader, indices: Sequence[int], epoch: int, out):
         origin, params = loader.draw(epoch, int(i))
         return loader.load(int(i), origin, params, epoch=epoch, out=row)
 
-    pool = loader._thread_pool() if len(indices) > 1 else None
+    pool = loader._threads.pool(loader.augment) if len(indices) > 1 else None
     if pool is None:
         return [make(i, row) for i, row in zip(indices, rows, strict=True)], out
     loader._dataset()  # open the file before the threads need it

@@ -653,18 +653,18 @@ def test_threads_make_the_same_batches(lung_file):
     kwargs = {"patch_size": 24, "batch_size": 5, "augment": nnunet_preset(), "seed": 9, "epochs": 3}
     one = BatchLoader(path, threads=1, **kwargs)
     want = list(one)
-    assert one._executor is None  # one thread: no pool
+    assert one._threads.executor is None  # one thread: no pool
     for threads in (2, 3):
         loader = BatchLoader(path, threads=threads, **kwargs)
         got = list(loader)
-        assert loader._executor is not None and loader.thread_count() == threads
+        assert loader._threads.executor is not None and loader.thread_count() == threads
         for a, b in zip(want, got, strict=True):
             assert np.array_equal(a.images, b.images) and np.array_equal(a.masks, b.masks)
             assert a.params == b.params and all(
                 np.array_equal(x, y) for x, y in zip(a.boxes, b.boxes, strict=True)
             )
         loader.close()
-        assert loader._executor is None
+        assert loader._threads.executor is None
 
 
 def test_automatic_threads_one_per_core_here_one_in_workers(lung_file):
