@@ -44,22 +44,29 @@ def _hit(rng: np.random.Generator, p: float) -> bool:
 
 
 @dataclass(frozen=True)
-class Brightness(IntensityTransform):
-    """Multiply the image by a factor from ``factor`` (drawn split at 1, as nnU-Net does)."""
+class _FactorTransform(IntensityTransform):
+    """A factor drawn from ``factor`` split at 1 (as nnU-Net's BGContrast), applied with
+    probability ``p``; subclasses set ``name`` and ``apply_values``."""
 
     factor: tuple[float, float] = (0.75, 1.25)
     p: float = 0.15
-    name = "brightness"
 
     def __post_init__(self) -> None:
-        check_range(*self.factor, "brightness")
-        check_probability(self.p, "brightness")
+        check_range(*self.factor, self.name)
+        check_probability(self.p, self.name)
 
     def draw(self, rng: np.random.Generator) -> dict[str, Any]:
-        """``{"name": "brightness", "factor": f}`` (1.0 when not applied)."""
+        """``{"name": name, "factor": f}`` (1.0 when not applied)."""
         hit = _hit(rng, self.p)
         factor = split_at_one(rng, *self.factor)
         return {"name": self.name, "factor": factor if hit else 1.0}
+
+
+@dataclass(frozen=True)
+class Brightness(_FactorTransform):
+    """Multiply the image by a factor from ``factor`` (drawn split at 1, as nnU-Net does)."""
+
+    name = "brightness"
 
     def apply_values(self, image: np.ndarray, params: dict[str, Any]) -> np.ndarray:
         """``image * factor``."""
@@ -69,22 +76,10 @@ class Brightness(IntensityTransform):
 
 
 @dataclass(frozen=True)
-class Contrast(IntensityTransform):
+class Contrast(_FactorTransform):
     """Stretch about the patch mean by a factor from ``factor``, clipped to the patch's range."""
 
-    factor: tuple[float, float] = (0.75, 1.25)
-    p: float = 0.15
     name = "contrast"
-
-    def __post_init__(self) -> None:
-        check_range(*self.factor, "contrast")
-        check_probability(self.p, "contrast")
-
-    def draw(self, rng: np.random.Generator) -> dict[str, Any]:
-        """``{"name": "contrast", "factor": f}`` (1.0 when not applied)."""
-        hit = _hit(rng, self.p)
-        factor = split_at_one(rng, *self.factor)
-        return {"name": self.name, "factor": factor if hit else 1.0}
 
     def apply_values(self, image: np.ndarray, params: dict[str, Any]) -> np.ndarray:
         """``(image - mean) * factor + mean``, clipped to [min, max] of the patch."""
