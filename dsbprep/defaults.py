@@ -55,7 +55,8 @@ SEGMENTATION: dict[str, object] = {
     "max_lung_volume_ratio": 4.8,
     # Fraction of a slice's mask area covered by the 2-D components kept (extract_main cover=0.95).
     "slice_cover_fraction": 0.95,
-    # Threads of the slab-parallel stages (0 = one per CPU core); the result does not depend on it.
+    # Threads of the slab-parallel stages and of the robust method's two lungs (0 = one per CPU
+    # core); the result does not depend on it.
     "threads": 0,
     # --- method = robust only (dsbprep.segment_robust, dsbprep.airways) ---
     # A trachea seed is air below this HU (air -1000; at 4 mm voxels its core is still < -950).

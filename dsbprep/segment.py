@@ -69,7 +69,7 @@ Configuration: every threshold is a keyword of :func:`segment_lungs`;
     max_lung_volume_ratio = 4.8
     # per slice, keep the largest 2-D components covering this fraction of the area (cover)
     slice_cover_fraction = 0.95
-    # threads for the slab-parallel stages (0 = one per CPU core)
+    # threads for the slab-parallel stages and robust's two lungs (0 = one per CPU core)
     threads = 0
     # method = robust only (dsbprep.segment_robust): trachea seed HU, leak step (mL),
     # removed margin around the airway lumen (mm)
