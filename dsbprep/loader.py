@@ -67,6 +67,7 @@ import numpy as np
 
 from .augment import Compose
 from .augment import from_config as augment_from_config
+from .augment.compose import cut
 from .augment.resample import transform_boxes
 from .patches import CaseInfo, Sampler, SliceSampler, make_sampler
 from .store import DEFAULT_CACHE_BYTES, DEFAULT_CACHE_SLOTS, SPLITS, DsbDataset, open_dataset
@@ -613,23 +614,10 @@ def _read_box(images, masks, z0: int, shape: np.ndarray, start, size, pad_value)
 
     Parts outside the case (``shape``) get ``pad_value`` (image) and 0 (mask).
     """
-    start, size = np.asarray(start, np.int64), np.asarray(size, np.int64)
-    lo = np.clip(start, 0, shape)
-    hi = np.clip(start + size, 0, shape)
-    src = (
-        slice(z0 + int(lo[0]), z0 + int(hi[0])),
-        slice(int(lo[1]), int(hi[1])),
-        slice(int(lo[2]), int(hi[2])),
-    )
-    if np.all(lo == start) and np.all(hi == start + size):
-        return images[src], masks[src]
-    image = np.full(tuple(int(s) for s in size), pad_value, dtype=images.dtype)
-    mask = np.zeros(image.shape, np.uint8)
-    if np.all(hi > lo):
-        dst = tuple(slice(int(a - s), int(b - s)) for a, b, s in zip(lo, hi, start, strict=True))
-        image[dst] = images[src]
-        mask[dst] = masks[src]
-    return image, mask
+    start = np.asarray(start, np.int64)
+    stop = start + np.asarray(size, np.int64)
+    return (cut(images, start, stop, pad_value, shape=shape, z0=z0),
+            cut(masks, start, stop, 0, shape=shape, z0=z0))
 
 
 def _boxes_inside(boxes: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

@@ -56,19 +56,30 @@ def _work_array(values: np.ndarray, image: np.ndarray, target) -> np.ndarray:
     return values
 
 
-def cut(a: np.ndarray, lo: np.ndarray, hi: np.ndarray, fill: float) -> np.ndarray:
-    """``a[lo:hi]`` (z, y, x), the part outside ``a`` filled with ``fill`` (a view when inside)."""
-    shape = np.asarray(a.shape)
+def cut(a, lo, hi, fill: float, *, shape=None, z0: int = 0) -> np.ndarray:
+    """``[lo, hi)`` (z, y, x) of ``a``, the part outside filled with ``fill``.
+
+    ``a`` is an array (a view is returned when the box is inside) or an HDF5 dataset (read);
+    ``shape`` (default ``a.shape``) and ``z0`` say where the data lie in it: rows
+    ``z0 .. z0 + shape[0]`` (one case of a dsbprep file).
+    """
+    shape = np.asarray(a.shape if shape is None else shape)
+    lo, hi = np.asarray(lo), np.asarray(hi)
+    shift = np.zeros(len(shape), np.int64)
+    shift[0] = z0
+
+    def box(start, stop):
+        return tuple(slice(int(b), int(e)) for b, e in zip(start + shift, stop + shift, strict=True))
+
     if np.all(lo >= 0) and np.all(hi <= shape):
-        return a[tuple(slice(int(s), int(e)) for s, e in zip(lo, hi, strict=True))]
+        return a[box(lo, hi)]
     out = np.full(tuple(int(v) for v in hi - lo), fill, a.dtype)
     src_lo, src_hi = np.clip(lo, 0, shape), np.clip(hi, 0, shape)
     if np.all(src_hi > src_lo):
-        src = tuple(slice(int(s), int(e)) for s, e in zip(src_lo, src_hi, strict=True))
         dst = tuple(
             slice(int(s - o), int(e - o)) for s, e, o in zip(src_lo, src_hi, lo, strict=True)
         )
-        out[dst] = a[src]
+        out[dst] = a[box(src_lo, src_hi)]
     return out
 
 
