@@ -311,9 +311,10 @@ def airway_leak_flags(
     for z in zs[zs >= zs[-1] - top_mm / spacing[0]]:
         lab, n = ndimage.label((image[z] <= level) & lungs[z])
         lung_px = np.count_nonzero(lungs[z])
-        for region in ndimage.find_objects(lab):
+        sizes = np.bincount(lab.ravel(), minlength=n + 1)
+        for label, region in enumerate(ndimage.find_objects(lab), 1):
             cx = (region[1].start + region[1].stop - 1) / 2
-            px = np.count_nonzero(lab[region])
+            px = int(sizes[label])  # this region's pixels, not others' in its box
             tube = abs(cx - centre) <= half and 2 * px < lung_px  # not the lung itself
             if tube and px * spacing[1] * spacing[2] >= AIRWAY_MIN_AREA_MM2:
                 slices += 1

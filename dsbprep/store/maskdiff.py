@@ -42,7 +42,10 @@ MASK_DIFF_ENCODING = "label-runs-zlib/1"
 RUN_DTYPE = np.dtype([("skip", "<u4"), ("length", "<u4"), ("label", "u1")])
 #: Runs decompressed per step when reading: the reader's memory beyond the output mask
 #: stays below 1 MiB however many runs a (hostile) file declares.
-_RUNS_PER_STEP = 65_536
+_RUNS_PER_STEP = 8_192
+#: Voxels painted per vectorised step (index arrays of ~17 bytes per voxel stay under
+#: 1 MiB); a longer run is painted as one slice.
+_PAINT_VOXELS = 32_768
 
 
 def mask_diff(other: np.ndarray, stored: np.ndarray) -> dict[str, Any]:
@@ -169,7 +172,16 @@ def _paint(flat: np.ndarray, runs: np.ndarray, pos: int, where: str) -> int:
     if ends[-1] > flat.size:
         raise _fail(where, ".data", f"runs reach past the {flat.size} voxels of the mask")
     starts = ends - length
-    first = np.cumsum(length) - length  # each run's first voxel among this step's run voxels
-    flat[np.arange(int(length.sum())) + np.repeat(starts - first, length)] = np.repeat(
-        runs["label"], length)
+    before = np.concatenate([[0], np.cumsum(length)])  # run voxels before each run
+    i = 0
+    while i < len(runs):  # groups of runs covering at most _PAINT_VOXELS voxels
+        j = max(i + 1, int(np.searchsorted(before, before[i] + _PAINT_VOXELS, "right")) - 1)
+        if j == i + 1 and length[i] > _PAINT_VOXELS:
+            flat[starts[i] : ends[i]] = runs["label"][i]
+        else:
+            n = length[i:j]
+            first = before[i:j] - before[i]  # each run's first voxel among the group's
+            flat[np.arange(int(n.sum())) + np.repeat(starts[i:j] - first, n)] = np.repeat(
+                runs["label"][i:j], n)
+        i = j
     return int(ends[-1])
