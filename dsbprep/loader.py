@@ -27,7 +27,8 @@ How it works
 * **Threads.** The patches of one batch are made by ``threads`` threads of the
   process (default: one per core, at most ``MAX_AUTO_THREADS``, in the process that
   made the loader when the augmentation interpolates or changes intensities; one for
-  flips and quarter turns only, and in worker processes, which already run side by side). Every
+  flips and quarter turns only, and in worker processes, which already run side by side).
+  Keras worker *threads* (``use_multiprocessing=False``) share that process's one pool. Every
   patch depends on its own seed only, so the batch is the same with any number of
   threads. HDF5 reads hold h5py's lock one at a time; the resampling and intensity
   loops release the GIL, so one thread's interpolation overlaps the other's read.
@@ -56,6 +57,7 @@ import itertools
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -249,9 +251,13 @@ class _Threads:
         self.threads = int(threads)
         self.owner = os.getpid()  # the process that made the loader
         self.executor: tuple[int, ThreadPoolExecutor] | None = None
+        self.lock = threading.Lock()  # Keras' worker threads may ask for the pool at once
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "executor": None}
+        return {**self.__dict__, "executor": None, "lock": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, lock=threading.Lock())
 
     @staticmethod
     def default() -> int:
@@ -275,16 +281,18 @@ class _Threads:
         n = self.count(augment)
         if n < 2:
             return None
-        if self.executor is None or self.executor[0] != os.getpid():
-            # A pool inherited through fork has no threads in the child: make a new one.
-            pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="dsbprep-loader")
-            self.executor = (os.getpid(), pool)
-        return self.executor[1]
+        with self.lock:
+            if self.executor is None or self.executor[0] != os.getpid():
+                # A pool inherited through fork has no threads in the child: make a new one.
+                pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="dsbprep-loader")
+                self.executor = (os.getpid(), pool)
+            return self.executor[1]
 
     def close(self) -> None:
-        if self.executor is not None and self.executor[0] == os.getpid():
-            self.executor[1].shutdown(wait=True)
-        self.executor = None
+        with self.lock:
+            if self.executor is not None and self.executor[0] == os.getpid():
+                self.executor[1].shutdown(wait=True)
+            self.executor = None
 
 
 class BatchLoader:
