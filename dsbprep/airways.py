@@ -51,7 +51,7 @@ from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
 from .defaults import SEGMENTATION
-from .geometry import bounding_box, erode_cross_in_plane
+from .geometry import bounding_box, erode_cross_in_plane, expand_blocks
 
 __all__ = ["airway_to_remove", "find_airways"]
 
@@ -146,7 +146,7 @@ def find_airways(
     lumen = _lumen(hu, spacing, lungs, seed_hu, leak_ml) if lungs.any() else None
     if lumen is not None:
         box, k, level = lumen
-        fine = _unpool(level, (1, *k), hu[box].shape)
+        fine = expand_blocks(level, (1, *k), hu[box].shape)
         out[box] = hu[box] < fine
     return out
 
@@ -179,7 +179,7 @@ def airway_to_remove(hu: np.ndarray, spacing, lungs: np.ndarray, *, margin_mm: f
     coarse = np.isfinite(level)
     block = spacing * (1, *k)
     lumen_ml = float(np.count_nonzero(coarse)) * float(np.prod(block)) / _ML
-    removed[box] = _unpool(_grown_from_edge(coarse, block, margin_mm), (1, *k), hu[box].shape)
+    removed[box] = expand_blocks(_grown_from_edge(coarse, block, margin_mm), (1, *k), hu[box].shape)
     return removed, lumen_ml
 
 
@@ -386,9 +386,3 @@ def _min_pool(volume: np.ndarray, k: tuple[int, int]) -> np.ndarray:
     for dy in range(1, k[0]):
         np.minimum(rows, cols[:, dy :: k[0]], out=rows)
     return rows
-
-
-def _unpool(coarse: np.ndarray, k, shape) -> np.ndarray:
-    """Blocks back to voxels, cropped to ``shape``."""
-    fine = np.repeat(np.repeat(coarse, k[1], axis=1), k[2], axis=2)
-    return fine[:, : shape[1], : shape[2]]

@@ -19,6 +19,7 @@ __all__ = [
     "bounding_box",
     "convex_hull_2d",
     "erode_cross_in_plane",
+    "expand_blocks",
     "hull_vertices",
     "points_in_hull",
     "voxel_to_world",
@@ -198,3 +199,21 @@ def erode_cross_in_plane(mask: np.ndarray) -> np.ndarray:
         out[..., 1:-1, 1:-1] = (c & mask[..., :-2, 1:-1] & mask[..., 2:, 1:-1]
                                 & mask[..., 1:-1, :-2] & mask[..., 1:-1, 2:])
     return out
+
+
+def expand_blocks(coarse: np.ndarray, block: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:
+    """Each value of a (z, y, x) block grid repeated over its ``block`` voxels, cropped to
+    ``shape`` (the inverse of pooling by ``block``; a read-only broadcast view when no
+    crop copies it).
+
+    Examples
+    --------
+    >>> expand_blocks(np.array([[[1, 2]]]), (1, 2, 2), (1, 2, 3)).tolist()
+    [[[1, 1, 2], [1, 1, 2]]]
+    """
+    view = coarse[:, None, :, None, :, None]
+    full = np.broadcast_to(
+        view, (coarse.shape[0], block[0], coarse.shape[1], block[1], coarse.shape[2], block[2])
+    )
+    full = full.reshape(tuple(c * b for c, b in zip(coarse.shape, block, strict=True)))
+    return full[tuple(slice(0, n) for n in shape)]

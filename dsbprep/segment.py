@@ -114,7 +114,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from .defaults import SEGMENTATION, SEGMENTATION_METHODS
-from .geometry import bounding_box, convex_hull_2d, hull_vertices, points_in_hull
+from .geometry import bounding_box, convex_hull_2d, expand_blocks, hull_vertices, points_in_hull
 
 __all__ = ["CONFIG_DEFAULTS", "LungMasks", "segment_lungs"]
 
@@ -1065,16 +1065,6 @@ def _coarse_any(mask: np.ndarray, block: tuple[int, ...]) -> np.ndarray:
     return out
 
 
-def _expand(coarse: np.ndarray, block: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:
-    """Upsample a block-level bool array to the fine grid ``shape`` (inverse of blocks)."""
-    view = coarse[:, None, :, None, :, None]
-    full = np.broadcast_to(
-        view, (coarse.shape[0], block[0], coarse.shape[1], block[1], coarse.shape[2], block[2])
-    )
-    full = full.reshape(tuple(c * b for c, b in zip(coarse.shape, block, strict=True)))
-    return full[tuple(slice(0, n) for n in shape)]
-
-
 def _voronoi_split(mask, seed_a, seed_b, spacing, run=_serial):
     """``mask & (d_a < d_b)`` and ``mask & (d_a > d_b)``, d = Euclidean distance (mm) to a seed.
 
@@ -1100,11 +1090,11 @@ def _voronoi_split(mask, seed_a, seed_b, spacing, run=_serial):
     da, db = run(coarse_distance, [seed_a, seed_b])
     to_a = da + slack < db - slack
     to_b = db + slack < da - slack
-    out_a = seed_a | (rest & _expand(to_a, block, mask.shape))
-    out_b = seed_b | (rest & _expand(to_b, block, mask.shape))
+    out_a = seed_a | (rest & expand_blocks(to_a, block, mask.shape))
+    out_b = seed_b | (rest & expand_blocks(to_b, block, mask.shape))
     unsure = ~(to_a | to_b)
     if unsure.any():
-        points = np.argwhere(rest & _expand(unsure, block, mask.shape))
+        points = np.argwhere(rest & expand_blocks(unsure, block, mask.shape))
         if len(points):
             cell = tuple((points // barr).T)
             upper = np.maximum(da[cell], db[cell]) + slack

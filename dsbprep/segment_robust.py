@@ -47,9 +47,9 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.spatial import ConvexHull, QhullError
 
-from .airways import _unpool, airway_to_remove, find_airways
+from .airways import airway_to_remove, find_airways
 from .defaults import SEGMENTATION
-from .geometry import bounding_box, erode_cross_in_plane
+from .geometry import bounding_box, erode_cross_in_plane, expand_blocks
 from .segment import _centroid
 
 __all__ = ["ROBUST_DEFAULTS", "fill_pathology", "find_airways", "one_side", "refine_masks"]
@@ -298,7 +298,7 @@ def _add_blocks(lung: np.ndarray, blocks: np.ndarray, k, allowed: np.ndarray,
     fine = tuple(slice(b.start * f, min(b.stop * f, n))
                  for b, f, n in zip(coarse_box, k, lung.shape, strict=True))
     shape = tuple(b.stop - b.start for b in fine)
-    added = _unpool(blocks[coarse_box], k, shape)[:, : shape[1], : shape[2]]
+    added = expand_blocks(blocks[coarse_box], k, shape)
     lung[fine] |= added & allowed[fine] & ~other[fine]
     return fine
 

@@ -264,7 +264,8 @@ def test_pooling_helpers_equal_plain_block_reductions(shape, k):
 
 
 def test_add_blocks_equals_the_whole_volume_expression():
-    from dsbprep.segment_robust import _add_blocks, _unpool
+    from dsbprep.geometry import expand_blocks
+    from dsbprep.segment_robust import _add_blocks
 
     rng = np.random.default_rng(1)
     for _ in range(200):
@@ -273,7 +274,7 @@ def test_add_blocks_equals_the_whole_volume_expression():
         coarse = (shape[0], -(-shape[1] // k[1]), -(-shape[2] // k[2]))
         blocks = rng.random(coarse) < rng.uniform(0, 0.2)
         allowed, other, lung = (rng.random(shape) < f for f in (0.7, 0.2, 0.3))
-        want = lung | (_unpool(blocks, k, shape) & allowed & ~other)
+        want = lung | (expand_blocks(blocks, k, shape) & allowed & ~other)
         _add_blocks(lung, blocks, k, allowed, other)
         np.testing.assert_array_equal(lung, want)
 
