@@ -183,6 +183,9 @@ def test_grt123_default_unchanged(lidc):
     _, case = lidc
     assert case["grt123"].method == "grt123"
     assert "robust" not in case["grt123"].stages
+    # the robust run started from exactly these masks (and carries them for the report)
+    assert np.array_equal(case["robust"].grt123_left, case["grt123"].left)
+    assert np.array_equal(case["robust"].grt123_right, case["grt123"].right)
 
 
 def test_two_threads_same_masks_as_one(lidc):
